@@ -1,0 +1,35 @@
+"""parallelize: fast multiprocessing with a decorator API and an MPIRE-compatible WorkerPool.
+
+The public API lives here and only here; everything in underscore modules is private.
+"""
+
+from __future__ import annotations
+
+from ._cpu import cpu_count as cpu_count
+from ._errors import ConfigError as ConfigError
+from ._errors import ParallelError as ParallelError
+from ._errors import PoolBusyError as PoolBusyError
+from ._errors import RemoteError as RemoteError
+from ._errors import RemoteTraceback as RemoteTraceback
+from ._errors import ResultPicklingError as ResultPicklingError
+from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._errors import WorkerDiedError as WorkerDiedError
+from .workerpool import AsyncResult as AsyncResult
+from .workerpool import WorkerPool as WorkerPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "ConfigError",
+    "ParallelError",
+    "PoolBusyError",
+    "RemoteError",
+    "RemoteTraceback",
+    "ResultPicklingError",
+    "TaskTimeoutError",
+    "WorkerDiedError",
+    "WorkerPool",
+    "__version__",
+    "cpu_count",
+]

@@ -1,0 +1,111 @@
+"""Cutting the input into chunks. Pure functions and one small adaptive sizer; no processes here.
+
+Sizes, when the user does not set them:
+- length known: "guided" chunks, large first and shrinking as the input runs out (remaining / (4 * n_jobs), never
+  below length / (64 * n_jobs)), so there are few chunks yet the last ones are small enough to keep every worker
+  busy to the end;
+- length unknown: adaptive, starting at one item and doubling while a chunk takes less than ~25 ms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ._errors import ConfigError
+
+ADAPTIVE_TARGET_SECONDS = 0.025
+ADAPTIVE_MAX_SIZE = 1 << 16
+
+
+def is_numpy_array(obj: object) -> bool:
+    """True for numpy ndarrays, without importing numpy when the caller has not."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)
+
+
+def known_length(iterable: Iterable[Any], iterable_len: int | None) -> int | None:
+    if iterable_len is not None:
+        return iterable_len
+    if is_numpy_array(iterable):
+        return int(iterable.shape[0])  # type: ignore[attr-defined]
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+class ChunkSizer:
+    """Decides the size of each next chunk."""
+
+    def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None):
+        self._fixed: int | None = None
+        self._guided_floor = 1
+        self._remaining = n_tasks
+        self._n_jobs = max(1, n_jobs)
+        self.adaptive = False
+        if chunk_size is not None:
+            self._fixed = max(1, math.ceil(chunk_size))
+        elif n_splits is not None:
+            if n_tasks is None:
+                raise ConfigError("n_splits needs the number of tasks: pass iterable_len or an iterable with len()")
+            self._fixed = max(1, math.ceil(n_tasks / n_splits))
+        elif n_tasks is not None:
+            self._guided_floor = max(1, math.ceil(n_tasks / (64 * self._n_jobs)))
+        else:
+            self.adaptive = True
+            self._size = 1
+
+    def next_size(self) -> int:
+        if self._fixed is not None:
+            return self._fixed
+        if self.adaptive:
+            return self._size
+        assert self._remaining is not None
+        return max(self._guided_floor, math.ceil(self._remaining / (4 * self._n_jobs)))
+
+    def taken(self, n: int) -> None:
+        if self._remaining is not None:
+            self._remaining = max(0, self._remaining - n)
+
+    def observe(self, n_items: int, duration: float) -> None:
+        """Feed back how long a chunk took in the worker; grows adaptive chunks toward the target duration."""
+        if not self.adaptive or n_items < self._size:
+            return
+        if duration < ADAPTIVE_TARGET_SECONDS / 2:
+            self._size = min(self._size * 2, ADAPTIVE_MAX_SIZE)
+
+
+def iter_chunks(iterable: Iterable[Any], sizer: ChunkSizer, limit: int | None) -> Iterator[list[Any]]:
+    """Lists of consecutive items; at most *limit* items in all (iterable_len caps the input as in MPIRE)."""
+    iterator = iter(iterable)
+    if limit is not None:
+        iterator = itertools.islice(iterator, limit)
+    while True:
+        size = sizer.next_size()
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        sizer.taken(len(chunk))
+        yield chunk
+
+
+def iter_numpy_chunks(array: Any, sizer: ChunkSizer, limit: int | None) -> Iterator[list[Any]]:
+    """Slices along axis 0 (views, no copies); each slice is one task, passed to the function whole."""
+    n = int(array.shape[0]) if limit is None else min(limit, int(array.shape[0]))
+    start = 0
+    while start < n:
+        size = sizer.next_size()
+        sizer.taken(size)
+        yield [array[start : start + size]]
+        start += size

@@ -1,0 +1,69 @@
+"""The exception hierarchy. Every error parallelize raises on its own account derives from ParallelError.
+
+    ParallelError (Exception)
+    ├── ConfigError (ValueError)            bad option or PARALLELIZE_* value; raised before any process starts
+    ├── PoolBusyError (RuntimeError)        a second map on a WorkerPool while an imap is still being consumed
+    ├── TaskTimeoutError (TimeoutError)     a task, worker_init or worker_exit ran past its timeout
+    ├── WorkerDiedError (BrokenProcessPool) a worker process ended without reporting (signal, os._exit, OOM)
+    ├── ResultPicklingError (PicklingError) a task's return value could not be sent back to the caller
+    └── RemoteError                         a task's exception that could not itself be pickled
+
+Exceptions raised by the user's function are re-raised with their original type; the worker's traceback is
+attached as ``__cause__`` (a RemoteTraceback).
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
+
+class ParallelError(Exception):
+    """Base class of the errors parallelize raises itself."""
+
+
+class ConfigError(ParallelError, ValueError):
+    """An option or environment variable has a value that is not allowed."""
+
+
+class PoolBusyError(ParallelError, RuntimeError):
+    """The pool is running a lazy job (imap) that must be finished or closed before another starts."""
+
+
+class TaskTimeoutError(ParallelError, TimeoutError):
+    """A task, worker_init or worker_exit ran longer than its timeout; the worker running it was stopped."""
+
+
+class WorkerDiedError(ParallelError, BrokenProcessPool):
+    """A worker process ended unexpectedly (killed by a signal, os._exit, out of memory)."""
+
+
+class ResultPicklingError(ParallelError, pickle.PicklingError):
+    """A task returned a value that cannot be pickled, so it cannot travel back to the caller."""
+
+
+class RemoteError(ParallelError):
+    """Stands in for an exception raised in a worker that could not be pickled.
+
+    Carries the original type name, its repr and the worker's traceback text.
+    """
+
+    def __init__(self, type_name: str, exc_repr: str, traceback_text: str) -> None:
+        super().__init__(f"{type_name}: {exc_repr}")
+        self.type_name = type_name
+        self.exc_repr = exc_repr
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
+        return (RemoteError, (self.type_name, self.exc_repr, self.traceback_text))
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of a re-raised task exception; its text is the worker's traceback."""
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the worker process:\n" + self.traceback_text

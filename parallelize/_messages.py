@@ -1,0 +1,74 @@
+"""The records that travel between the parent and its workers. Small, frozen, cheap to pickle.
+
+Parent → worker: RegisterFunc, RunChunk, STOP.
+Worker → parent: WorkerReady, ChunkDone, WorkerExited.
+A chunk is the unit of dispatch: the parent does its bookkeeping per chunk, never per task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ._serialize import TaskFailure
+
+# How a worker turns one item into a call of the task function.
+CALL_UNPACK = 0  # MPIRE rule: tuple -> f(*item), dict -> f(**item), anything else -> f(item)
+CALL_APPLY = 1  # item is (args, kwargs) -> f(*args, **kwargs)
+
+
+class RegisterFunc(NamedTuple):
+    """Teach a worker a function it did not inherit; later chunks name it by func_id."""
+
+    func_id: int
+    payload: bytes
+
+
+class RunChunk(NamedTuple):
+    job_id: int
+    chunk_id: int
+    func_id: int
+    call_mode: int
+    items: list[Any]
+    start: int  # input index of items[0], for error messages
+    tracked: bool  # publish each task's start on the worker's clock (the job has a task timeout)
+
+
+class Stop(NamedTuple):
+    """Ask a worker to run its exit hook, report, and end."""
+
+
+STOP = Stop()
+
+
+class WorkerStats(NamedTuple):
+    """Cumulative per-worker timings for insights; only collected when insights are enabled."""
+
+    n_completed: int
+    waiting_time: float
+    working_time: float
+    slowest: list[tuple[float, str]]  # (duration, capped repr of the arguments), longest first, at most 5
+
+
+class WorkerReady(NamedTuple):
+    worker_id: int
+    pid: int
+    start_up_time: float  # from process start to the worker loop
+    init_time: float
+    failure: TaskFailure | None  # worker_init raised
+
+
+class ChunkDone(NamedTuple):
+    job_id: int
+    chunk_id: int
+    values: list[Any]  # results of the items before the first failure (all of them if failure is None)
+    failure: TaskFailure | None
+    duration: float  # seconds the worker spent on the chunk (drives adaptive chunk sizes)
+    stats: WorkerStats | None
+
+
+class WorkerExited(NamedTuple):
+    worker_id: int
+    exit_result: Any
+    exit_time: float
+    failure: TaskFailure | None  # worker_exit raised
+    stats: WorkerStats | None

@@ -1,0 +1,113 @@
+"""Turning objects into bytes and back for the trip between the parent and a worker process.
+
+Plain pickle (protocol 5) is the fast path; cloudpickle is the fallback for what pickle cannot do by reference
+(lambdas, closures, functions defined in ``__main__`` under spawn). Exceptions get a reducer that does not call
+their ``__init__`` again, so exceptions with custom constructor signatures survive the trip.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import pickle
+import traceback
+from typing import Any, NamedTuple
+
+from ._errors import RemoteError
+
+PROTOCOL = 5
+_PICKLE_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle *obj*, falling back to cloudpickle for objects plain pickle refuses (e.g. lambdas)."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except _PICKLE_FAILURES:
+        return dumps_by_value(obj)
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """Pickle with cloudpickle: functions and classes of ``__main__`` or closures travel by value."""
+    import cloudpickle  # imported lazily: it costs several ms and the fast path never needs it
+
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)  # type: ignore[no-any-return]
+
+
+loads = pickle.loads
+
+
+def describe_unpicklable(obj: Any, limit: int = 200) -> str:
+    """A short, capped description of an object for error messages."""
+    try:
+        text = repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(obj).__qualname__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- exceptions -------------------------------------------------------------------------------------------------
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None) -> Any:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
+def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
+    state = dict(exc.__dict__) if getattr(exc, "__dict__", None) else None
+    return (_rebuild_exception, (type(exc), exc.args, state))
+
+
+class _ExceptionPickler(pickle.Pickler):
+    """Pickles exceptions without relying on ``cls(*args)`` reconstructing them."""
+
+    dispatch_table = copyreg.dispatch_table.copy()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
+            return _reduce_exception(obj)
+        return NotImplemented
+
+
+class TaskFailure(NamedTuple):
+    """An exception raised by a task (or hook), ready to cross a process boundary."""
+
+    position: int  # of the failing item inside its chunk; -1 for hooks
+    payload: bytes | None  # the pickled exception, None if it could not be pickled
+    type_name: str
+    exc_repr: str
+    traceback_text: str
+
+
+def pack_exception(exc: BaseException, index: int = -1) -> TaskFailure:
+    """Capture *exc* with its traceback text; pickle it if possible."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    payload: bytes | None
+    try:
+        buffer = io.BytesIO()
+        _ExceptionPickler(buffer, protocol=PROTOCOL).dump(exc.with_traceback(None))
+        payload = buffer.getvalue()
+        pickle.loads(payload)  # an exception that pickles but cannot be rebuilt must not fail in the parent
+    except Exception:
+        payload = None
+    return TaskFailure(index, payload, type(exc).__qualname__, describe_unpicklable(exc, 500), tb_text)
+
+
+def unpack_exception(failure: TaskFailure) -> BaseException:
+    """The original exception (or a RemoteError stand-in), with the worker traceback as ``__cause__``."""
+    from ._errors import RemoteTraceback
+
+    exc: BaseException
+    if failure.payload is not None:
+        try:
+            exc = pickle.loads(failure.payload)
+        except Exception:
+            exc = RemoteError(failure.type_name, failure.exc_repr, failure.traceback_text)
+    else:
+        exc = RemoteError(failure.type_name, failure.exc_repr, failure.traceback_text)
+    exc.__cause__ = RemoteTraceback(failure.traceback_text)
+    return exc

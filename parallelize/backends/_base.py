@@ -1,0 +1,68 @@
+"""The interface between the engine and whatever runs workers (processes, threads, later a cluster).
+
+The engine asks a backend for capabilities (``supports_kill``), never for its type. A backend starts workers
+running ``_worker.run_worker``, carries messages to them without blocking the caller for long, and reports what
+happened as events from ``wait()``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import MutableSequence
+from typing import Any, NamedTuple
+
+from .._worker import WorkerSpec
+
+
+class Received(NamedTuple):
+    """A worker sent a message. *key* is the backend's name for that worker (unique for the backend's life)."""
+
+    key: int
+    message: Any
+
+
+class Exited(NamedTuple):
+    """A worker ended. exitcode is negative for a signal (as in multiprocessing), None if unknown."""
+
+    key: int
+    exitcode: int | None
+
+
+Event = Received | Exited
+
+
+class Backend(abc.ABC):
+    supports_kill: bool = True
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def start_worker(self, key: int, spec: WorkerSpec) -> None:
+        """Start a worker that runs ``run_worker(spec, ...)``; events about it carry *key*."""
+
+    @abc.abstractmethod
+    def send(self, key: int, message: Any) -> None:
+        """Queue a message for a worker. Never blocks on a slow worker. Raises if it cannot be serialised."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block until something happens (or *timeout* seconds pass, or ``wakeup()`` is called)."""
+
+    @abc.abstractmethod
+    def wakeup(self) -> None:
+        """Make a concurrent ``wait()`` return. Safe to call from any thread."""
+
+    @abc.abstractmethod
+    def clock(self, key: int) -> MutableSequence[float]:
+        """The worker's task clock (see _worker.CLOCK_*), readable while the worker runs."""
+
+    @abc.abstractmethod
+    def kill(self, key: int, grace: float) -> None:
+        """Stop a worker now (SIGTERM, then SIGKILL after *grace* seconds); its Exited event follows."""
+
+    @abc.abstractmethod
+    def pid(self, key: int) -> int | None:
+        """The OS process id of a worker, if it is a process."""
+
+    @abc.abstractmethod
+    def close(self, timeout: float) -> None:
+        """Release everything; workers still running after *timeout* seconds are killed."""

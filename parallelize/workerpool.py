@@ -1,0 +1,431 @@
+"""WorkerPool: MPIRE 2.10's public API on top of the parallelize engine, so MPIRE code switches by one import.
+
+A thin layer: it validates arguments, turns each call into a Job, and decides when workers must be (re)started
+(keep_alive and changed settings). Differences from MPIRE are listed in docs/mpire-differences.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any
+
+from . import _validation as check
+from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
+from ._cpu import cpu_count
+from ._engine import Engine, WorkerSettings
+from ._errors import PoolBusyError
+from ._job import Job
+from ._messages import CALL_APPLY, CALL_UNPACK
+from ._progress import ProgressBar, check_progress_options
+
+logger = logging.getLogger("parallelize")
+
+
+class AsyncResult:
+    """The pending result of ``apply_async``: like ``multiprocessing.pool.AsyncResult``."""
+
+    def __init__(self, engine: Engine, job: Job, callback: Callable[[Any], Any] | None,
+                 error_callback: Callable[[BaseException], Any] | None) -> None:
+        self._engine = engine
+        self._job = job
+        self._callback = callback
+        self._error_callback = error_callback
+        self._value: Any = None
+        job.finish_listeners.append(self._on_finish)
+
+    def _on_finish(self, job: Job) -> None:
+        if job.error is None and not job.cancelled:
+            values = job.pop_ready()
+            self._value = values[0] if values else None
+        try:
+            if job.error is not None and self._error_callback is not None:
+                self._error_callback(job.error)
+            elif job.error is None and self._callback is not None:
+                self._callback(self._value)
+        except Exception:  # a failing callback must not break the loop that serves every job
+            logger.exception("an apply_async callback raised")
+
+    def ready(self) -> bool:
+        return self._job.finished
+
+    def successful(self) -> bool:
+        if not self._job.finished:
+            raise ValueError("the result is not ready yet")
+        return self._job.error is None and not self._job.cancelled
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._engine.drive(lambda: self._job.finished, timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.wait(timeout)
+        if not self._job.finished:
+            raise multiprocessing.TimeoutError(f"the result was not ready within {timeout}s")
+        if self._job.error is not None:
+            raise self._job.error
+        if self._job.cancelled:
+            raise RuntimeError("the task was cancelled because the pool was terminated")
+        return self._value
+
+
+class WorkerPool:
+    """A pool of workers with the API of ``mpire.WorkerPool`` (2.10)."""
+
+    def __init__(
+        self,
+        n_jobs: int | None = None,
+        daemon: bool = True,
+        cpu_ids: Any = None,
+        shared_objects: Any = None,
+        pass_worker_id: bool = False,
+        use_worker_state: bool = False,
+        start_method: str = "fork",
+        keep_alive: bool = False,
+        use_dill: bool = False,
+        enable_insights: bool = False,
+        order_tasks: bool = False,
+    ) -> None:
+        self._n_jobs = check.n_jobs(n_jobs, cpu_count())
+        self._daemon = check.flag("daemon", daemon)
+        self._cpu_ids = check.cpu_ids(cpu_ids, self._n_jobs)
+        self._shared_objects = shared_objects
+        self._pass_worker_id = check.flag("pass_worker_id", pass_worker_id)
+        self._use_worker_state = check.flag("use_worker_state", use_worker_state)
+        self._start_method = check.start_method(start_method)
+        self._keep_alive = check.flag("keep_alive", keep_alive)
+        # Functions always travel with cloudpickle, which covers what dill was needed for in MPIRE.
+        self._use_dill = check.flag("use_dill", use_dill)
+        self._enable_insights = check.flag("enable_insights", enable_insights)
+        self._order_tasks = check.flag("order_tasks", order_tasks)
+        self.ctx: Any = _context(self._start_method)
+        self._engine: Engine | None = None
+        self._lock = threading.RLock()
+        self._lazy_job: Job | None = None
+        self._active_calls = 0
+        self._exit_results: list[Any] = []
+        self._last_insights: Any = None
+
+    # --- setters (MPIRE names) ------------------------------------------------------------------------------------
+
+    def pass_on_worker_id(self, pass_on: bool = True) -> None:
+        self._pass_worker_id = check.flag("pass_on", pass_on)
+
+    def set_shared_objects(self, shared_objects: Any = None) -> None:
+        self._shared_objects = shared_objects
+
+    def set_use_worker_state(self, use_worker_state: bool = True) -> None:
+        self._use_worker_state = check.flag("use_worker_state", use_worker_state)
+
+    def set_keep_alive(self, keep_alive: bool = True) -> None:
+        self._keep_alive = check.flag("keep_alive", keep_alive)
+
+    def set_order_tasks(self, order_tasks: bool = True) -> None:
+        self._order_tasks = check.flag("order_tasks", order_tasks)
+
+    # --- map family -----------------------------------------------------------------------------------------------
+
+    def map(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
+            max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
+            worker_lifespan: int | None = None, progress_bar: bool = False, concatenate_numpy_output: bool = True,
+            worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+            task_timeout: float | None = None, worker_init_timeout: float | None = None,
+            worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
+            progress_bar_style: str | None = None) -> Any:
+        """Run *func* on every item; results in input order (a list, or one array for numpy input)."""
+        results = list(self._run(func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits,
+                                 worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout,
+                                 worker_init_timeout, worker_exit_timeout, progress_bar_options,
+                                 progress_bar_style, lazy=False))
+        if concatenate_numpy_output and is_numpy_array(iterable_of_args) and results:
+            import numpy
+
+            return numpy.concatenate(results)
+        return results
+
+    def map_unordered(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any,
+                      iterable_len: int | None = None, max_tasks_active: int | None = None,
+                      chunk_size: int | None = None, n_splits: int | None = None,
+                      worker_lifespan: int | None = None, progress_bar: bool = False,
+                      worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+                      task_timeout: float | None = None, worker_init_timeout: float | None = None,
+                      worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
+                      progress_bar_style: str | None = None) -> list[Any]:
+        """Like map, in completion order."""
+        return list(self._run(func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits,
+                              worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout,
+                              worker_init_timeout, worker_exit_timeout, progress_bar_options, progress_bar_style,
+                              lazy=False))
+
+    def imap(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
+             max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
+             worker_lifespan: int | None = None, progress_bar: bool = False,
+             worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+             task_timeout: float | None = None, worker_init_timeout: float | None = None,
+             worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
+             progress_bar_style: str | None = None) -> Generator[Any, None, None]:
+        """A lazy map: results in input order as soon as they are available."""
+        return self._run(func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits,
+                         worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
+                         worker_exit_timeout, progress_bar_options, progress_bar_style, lazy=True)
+
+    def imap_unordered(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any,
+                       iterable_len: int | None = None, max_tasks_active: int | None = None,
+                       chunk_size: int | None = None, n_splits: int | None = None,
+                       worker_lifespan: int | None = None, progress_bar: bool = False,
+                       worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+                       task_timeout: float | None = None, worker_init_timeout: float | None = None,
+                       worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
+                       progress_bar_style: str | None = None) -> Generator[Any, None, None]:
+        """A lazy map: results in completion order."""
+        return self._run(func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits,
+                         worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
+                         worker_exit_timeout, progress_bar_options, progress_bar_style, lazy=True)
+
+    def _run(self, func: Callable[..., Any], iterable: Any, ordered: bool, iterable_len: int | None,
+             max_tasks_active: int | None, chunk_size: int | None, n_splits: int | None,
+             worker_lifespan: int | None, progress_bar: bool, worker_init: Callable[..., Any] | None,
+             worker_exit: Callable[..., Any] | None, task_timeout: float | None,
+             worker_init_timeout: float | None, worker_exit_timeout: float | None,
+             progress_bar_options: dict[str, Any] | None, progress_bar_style: str | None,
+             *, lazy: bool) -> Generator[Any, None, None]:
+        # Validate now, so that even a lazy imap reports bad arguments at the call, not at the first next().
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r}")
+        iterable_len = check.positive_int("iterable_len", iterable_len) if iterable_len != 0 else 0
+        check.positive_int("max_tasks_active", max_tasks_active)
+        _check_chunk_size(chunk_size)
+        check.positive_int("n_splits", n_splits)
+        check.positive_int("worker_lifespan", worker_lifespan)
+        check.flag("progress_bar", progress_bar)
+        task_timeout = check.timeout("task_timeout", task_timeout)
+        init_timeout = check.timeout("worker_init_timeout", worker_init_timeout)
+        exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
+        check_progress_options(progress_bar_style, progress_bar_options)
+        if not is_numpy_array(iterable) and not isinstance(iterable, Iterable):
+            raise TypeError(f"iterable_of_args must be iterable, got {type(iterable).__name__}")
+        settings = self._settings(worker_init, worker_exit, worker_lifespan)
+        generator = self._execute(func, iterable, ordered, iterable_len, max_tasks_active, chunk_size, n_splits,
+                                  settings, task_timeout, init_timeout, exit_timeout, progress_bar,
+                                  progress_bar_options, progress_bar_style, lazy)
+        return generator
+
+    def _execute(self, func: Callable[..., Any], iterable: Any, ordered: bool, iterable_len: int | None,
+                 max_tasks_active: int | None, chunk_size: int | None, n_splits: int | None,
+                 settings: WorkerSettings, task_timeout: float | None, init_timeout: float | None,
+                 exit_timeout: float | None, progress_bar: bool, progress_bar_options: dict[str, Any] | None,
+                 progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
+        with self._lock:
+            engine = self._engine_for(settings)
+            engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
+            job = self._make_job(engine, func, iterable, ordered, iterable_len, max_tasks_active, chunk_size,
+                                 n_splits, task_timeout)
+            if lazy:
+                self._lazy_job = job
+            self._active_calls += 1
+        bar = ProgressBar(job.n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
+        if bar is not None:
+            job.progress_listeners.append(bar.update)
+        failed = True
+        try:
+            engine.submit(job)
+            while True:
+                engine.drive(lambda: job.has_ready() or job.finished)
+                if job.has_ready():
+                    yield from job.pop_ready()
+                elif job.finished:
+                    break
+            if job.error is not None:
+                raise job.error
+            failed = False
+        finally:
+            if not job.finished:
+                job.cancel()
+            if bar is not None:
+                bar.close(failed=failed)
+            with self._lock:
+                if self._lazy_job is job:
+                    self._lazy_job = None
+                self._active_calls -= 1
+                self._after_call(engine, failed)
+
+    def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
+                  iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,
+                  n_splits: int | None, task_timeout: float | None) -> Job:
+        n_tasks = known_length(iterable, iterable_len)
+        limit = iterable_len  # as MPIRE: iterable_len caps how many items are read
+        sizer = ChunkSizer(n_tasks, self._n_jobs, chunk_size, n_splits)
+        if is_numpy_array(iterable):
+            chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, limit)
+        else:
+            chunks = iter_chunks(iterable, sizer, limit)
+        n_workers = self._n_jobs
+        return Job(
+            engine.new_job_id(), engine.function_id(func), CALL_UNPACK, chunks, sizer, ordered=ordered,
+            n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
+            slot_of_chunk=(lambda chunk_id: chunk_id % n_workers) if self._order_tasks else None,
+        )
+
+    # --- apply --------------------------------------------------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: Any = (), kwargs: dict[str, Any] | None = None,
+              callback: Callable[[Any], Any] | None = None,
+              error_callback: Callable[[BaseException], Any] | None = None,
+              worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+              task_timeout: float | None = None, worker_init_timeout: float | None = None,
+              worker_exit_timeout: float | None = None) -> Any:
+        """Run one call in a worker and return its result."""
+        return self.apply_async(func, args, kwargs, callback, error_callback, worker_init, worker_exit, task_timeout,
+                                worker_init_timeout, worker_exit_timeout).get()
+
+    def apply_async(self, func: Callable[..., Any], args: Any = (), kwargs: dict[str, Any] | None = None,
+                    callback: Callable[[Any], Any] | None = None,
+                    error_callback: Callable[[BaseException], Any] | None = None,
+                    worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
+                    task_timeout: float | None = None, worker_init_timeout: float | None = None,
+                    worker_exit_timeout: float | None = None) -> AsyncResult:
+        """Run one call in a worker without waiting; the AsyncResult gives the value later."""
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r}")
+        if not isinstance(args, tuple):
+            args = (args,)  # as MPIRE: a single argument need not be wrapped in a tuple
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict or None, got {kwargs!r}")
+        task_timeout = check.timeout("task_timeout", task_timeout)
+        init_timeout = check.timeout("worker_init_timeout", worker_init_timeout)
+        exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
+        settings = self._settings(worker_init, worker_exit, None)
+        with self._lock:
+            engine = self._engine_for(settings)
+            engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
+            job = Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs or {})]]),
+                      None, ordered=True, n_tasks=1, task_timeout=task_timeout)
+            result = AsyncResult(engine, job, callback, error_callback)
+            engine.submit(job, background=True)
+        return result
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    def stop_and_join(self, keep_alive: bool = False) -> None:
+        """Wait for outstanding tasks; unless keep_alive, run the exit hooks and end the workers."""
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                return
+            engine.wait_async_jobs()
+            if keep_alive:
+                return
+            self._engine = None
+            self._stop_engine(engine)
+
+    join = stop_and_join
+
+    def terminate(self) -> None:
+        """End every worker now. Outstanding tasks are dropped, exit hooks do not run."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                self._remember_insights(engine)
+                engine.terminate()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._engine is not None:
+                self._engine.terminate()
+
+    def get_exit_results(self) -> list[Any]:
+        """The worker_exit return values from the last time workers stopped."""
+        return list(self._exit_results)
+
+    def get_insights(self) -> dict[str, Any]:
+        """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks."""
+        engine = self._engine
+        if not self._enable_insights:
+            raise RuntimeError("insights are disabled: create the pool with enable_insights=True")
+        if engine is not None and engine.insights is not None:
+            return engine.insights.as_dict()
+        if self._last_insights is not None:
+            return self._last_insights.as_dict()  # type: ignore[no-any-return]
+        return {}
+
+    def print_insights(self) -> None:
+        engine = self._engine
+        collector = engine.insights if engine is not None else self._last_insights
+        if not self._enable_insights:
+            raise RuntimeError("insights are disabled: create the pool with enable_insights=True")
+        print(collector.format() if collector is not None else "No insights yet: nothing has run.")
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _settings(self, worker_init: Callable[..., Any] | None, worker_exit: Callable[..., Any] | None,
+                  worker_lifespan: int | None) -> WorkerSettings:
+        for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable or None, got {hook!r}")
+        return WorkerSettings(
+            n_jobs=self._n_jobs, start_method=self._start_method, daemon=self._daemon, cpu_ids=self._cpu_ids,
+            shared_objects=self._shared_objects, pass_worker_id=self._pass_worker_id,
+            use_worker_state=self._use_worker_state, worker_init=worker_init, worker_exit=worker_exit,
+            worker_lifespan=worker_lifespan, insights=self._enable_insights,
+        )
+
+    def _engine_for(self, settings: WorkerSettings) -> Engine:
+        lazy = self._lazy_job
+        if lazy is not None and not lazy.finished:
+            raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
+                                "iterator before starting another map (the running one is left untouched)")
+        engine = self._engine
+        if engine is not None and (engine.closed or not engine.settings.same_workers(settings)):
+            logger.debug("WorkerPool: worker settings changed, starting new workers")
+            self._engine = None
+            engine.wait_async_jobs()
+            self._stop_engine(engine)
+            engine = None
+        if engine is None:
+            engine = self._engine = Engine(settings)
+        return engine
+
+    def _after_call(self, engine: Engine, failed: bool) -> None:
+        if self._keep_alive or self._engine is not engine or self._active_calls or engine.has_async_jobs():
+            return
+        self._engine = None
+        if failed:
+            self._remember_insights(engine)
+            engine.terminate()  # as MPIRE: after an error the workers are not asked to finish politely
+        else:
+            self._stop_engine(engine)
+
+    def _stop_engine(self, engine: Engine) -> None:
+        self._remember_insights(engine)
+        self._exit_results = list(engine.stop())
+        if engine.exit_errors:
+            raise engine.exit_errors[0]
+
+    def _remember_insights(self, engine: Engine) -> None:
+        if engine.insights is not None:
+            self._last_insights = engine.insights
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | float) or not chunk_size > 0:
+        from ._errors import ConfigError
+
+        raise ConfigError(f"chunk_size must be a positive number or None, got {chunk_size!r}")
+
+
+def _context(start_method: str) -> Any:
+    if start_method == "threading":
+        from multiprocessing import dummy
+
+        return dummy
+    return multiprocessing.get_context(start_method)

@@ -1,0 +1,61 @@
+"""Module-level task functions for tests: importable by reference, so they work under spawn and forkserver."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def get_pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def get_thread_or_pid(_: Any = None) -> tuple[int, int]:
+    return (os.getpid(), threading.get_ident())
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def big_bytes(n_bytes: int) -> bytes:
+    return os.urandom(16) * (n_bytes // 16)
+
+
+def worker_id_of(worker_id: int, _: Any) -> int:
+    return worker_id
+
+
+def count_in_state(worker_state: dict[str, Any], _: Any) -> int:
+    worker_state["n"] = worker_state.get("n", 0) + 1
+    return int(worker_state["n"])
+
+
+def init_state(worker_state: dict[str, Any]) -> None:
+    worker_state["n"] = 0
+    worker_state["pid"] = os.getpid()
+
+
+def exit_state(worker_state: dict[str, Any]) -> int:
+    return int(worker_state.get("n", 0))
