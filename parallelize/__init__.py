@@ -5,7 +5,12 @@ The public API lives here and only here; everything in underscore modules is pri
 
 from __future__ import annotations
 
+from ._config import config as config
+from ._config import show_config as show_config
 from ._cpu import cpu_count as cpu_count
+from ._decorator import BoundParallelFunction as BoundParallelFunction
+from ._decorator import ParallelFunction as ParallelFunction
+from ._decorator import parallel as parallel
 from ._errors import ConfigError as ConfigError
 from ._errors import ParallelError as ParallelError
 from ._errors import PoolBusyError as PoolBusyError
@@ -21,8 +26,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncResult",
+    "BoundParallelFunction",
     "ConfigError",
     "ParallelError",
+    "ParallelFunction",
     "PoolBusyError",
     "RemoteError",
     "RemoteTraceback",
@@ -31,5 +38,8 @@ __all__ = [
     "WorkerDiedError",
     "WorkerPool",
     "__version__",
+    "config",
     "cpu_count",
+    "parallel",
+    "show_config",
 ]

@@ -150,14 +150,17 @@ class Engine:
                     self._driving = False
                     self._cv.notify_all()
 
-    def stop(self) -> list[Any]:
-        """Let in-flight work finish, run every worker's exit hook, and end the workers."""
+    def stop(self, timeout: float | None = None) -> list[Any]:
+        """Let in-flight work finish, run every worker's exit hook, and end the workers.
+
+        Workers still running after *timeout* seconds are killed.
+        """
         if self.closed:
             return []
         self._stopping = True
         self.backend.wakeup()
         try:
-            self.drive(lambda: all(slot.key is None for slot in self._slots))
+            self.drive(lambda: all(slot.key is None for slot in self._slots), timeout)
         finally:
             self._close_backend(timeout=1.0)
         return self.exit_results

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import threading
 import time
 from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
@@ -31,6 +32,15 @@ from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception
 CLOCK_TASK_START = 0
 CLOCK_TASK_INDEX = 1
 CLOCK_SIZE = 2
+
+
+_thread_state = threading.local()
+in_worker_process = False  # set in worker processes (and inherited by their forked children)
+
+
+def in_worker() -> bool:
+    """True inside a worker process or worker thread: calls from here must not start pools of their own."""
+    return in_worker_process or getattr(_thread_state, "active", False)
 
 
 class Channel(Protocol):
@@ -101,6 +111,7 @@ def call_item(func: Callable[..., Any], item: Any, call_mode: int) -> Any:
 def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]) -> None:
     """The worker's whole life. Returns when told to stop, after its lifespan, or when the parent is gone."""
     started = time.time()
+    _thread_state.active = True
     prefix: list[Any] = []
     if spec.pass_worker_id:
         prefix.append(spec.worker_id)
@@ -131,6 +142,8 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]
         func = bound.get(func_id)
         if func is None:
             plain = functions.get(func_id) or spec.functions[func_id]
+            # A registered object may name the callable to run instead of itself (a bound decorated method).
+            plain = getattr(plain, "parallelize_callable", plain)
             func = functools.partial(plain, *prefix) if prefix else plain
             bound[func_id] = func
         return func

@@ -10,16 +10,16 @@ import contextlib
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from . import _validation as check
-from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
+from ._calls import apply_job, map_job, run
+from ._chunking import is_numpy_array
 from ._cpu import cpu_count
 from ._engine import Engine, WorkerSettings
 from ._errors import PoolBusyError
 from ._job import Job
-from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar, check_progress_options
 
 logger = logging.getLogger("parallelize")
@@ -226,47 +226,22 @@ class WorkerPool:
                 self._lazy_job = job
             self._active_calls += 1
         bar = ProgressBar(job.n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
-        if bar is not None:
-            job.progress_listeners.append(bar.update)
-        failed = True
-        try:
-            engine.submit(job)
-            while True:
-                engine.drive(lambda: job.has_ready() or job.finished)
-                if job.has_ready():
-                    yield from job.pop_ready()
-                elif job.finished:
-                    break
-            if job.error is not None:
-                raise job.error
-            failed = False
-        finally:
-            if not job.finished:
-                job.cancel()
-            if bar is not None:
-                bar.close(failed=failed)
+
+        def on_end(failed: bool) -> None:
             with self._lock:
                 if self._lazy_job is job:
                     self._lazy_job = None
                 self._active_calls -= 1
                 self._after_call(engine, failed)
 
+        yield from run(engine, job, bar, on_end)
+
     def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
                   iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,
                   n_splits: int | None, task_timeout: float | None) -> Job:
-        n_tasks = known_length(iterable, iterable_len)
-        limit = iterable_len  # as MPIRE: iterable_len caps how many items are read
-        sizer = ChunkSizer(n_tasks, self._n_jobs, chunk_size, n_splits)
-        if is_numpy_array(iterable):
-            chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, limit)
-        else:
-            chunks = iter_chunks(iterable, sizer, limit)
-        n_workers = self._n_jobs
-        return Job(
-            engine.new_job_id(), engine.function_id(func), CALL_UNPACK, chunks, sizer, ordered=ordered,
-            n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
-            slot_of_chunk=(lambda chunk_id: chunk_id % n_workers) if self._order_tasks else None,
-        )
+        return map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered, iterable_len=iterable_len,
+                       max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
+                       task_timeout=task_timeout, order_tasks=self._order_tasks)
 
     # --- apply --------------------------------------------------------------------------------------------------
 
@@ -300,8 +275,7 @@ class WorkerPool:
         with self._lock:
             engine = self._engine_for(settings)
             engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
-            job = Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs or {})]]),
-                      None, ordered=True, n_tasks=1, task_timeout=task_timeout)
+            job = apply_job(engine, func, args, kwargs or {}, task_timeout)
             result = AsyncResult(engine, job, callback, error_callback)
             engine.submit(job, background=True)
         return result

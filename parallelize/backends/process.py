@@ -17,6 +17,7 @@ from collections.abc import MutableSequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import _worker
 from .._serialize import dumps, dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
@@ -39,6 +40,7 @@ def _child_entry(spec_payload: WorkerSpec | bytes, task_conn: Connection, result
     # The parent handles Ctrl-C and stops workers itself; a worker traceback per Ctrl-C would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
+    _worker.in_worker_process = True
     spec = loads(spec_payload) if isinstance(spec_payload, bytes) else spec_payload
     if spec.cpu_ids:
         os.sched_setaffinity(0, spec.cpu_ids)

@@ -1,0 +1,69 @@
+"""One user call as a Job on an engine: building its chunks, showing progress, handing out results.
+
+Shared by WorkerPool and the decorator so both run exactly the same path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
+from ._engine import Engine
+from ._job import Job
+from ._messages import CALL_APPLY, CALL_UNPACK
+from ._progress import ProgressBar
+
+
+def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,
+            iterable_len: int | None = None, max_tasks_active: int | None = None,
+            chunk_size: int | float | None = None, n_splits: int | None = None,
+            task_timeout: float | None = None, order_tasks: bool = False) -> Job:
+    """A job running *func* over *iterable* (numpy arrays are cut along axis 0, each slice one task)."""
+    n_tasks = known_length(iterable, iterable_len)
+    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits)
+    # As MPIRE: iterable_len caps how many items are read.
+    if is_numpy_array(iterable):
+        chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, iterable_len)
+    else:
+        chunks = iter_chunks(iterable, sizer, iterable_len)
+    return Job(
+        engine.new_job_id(), engine.function_id(func), CALL_UNPACK, chunks, sizer, ordered=ordered,
+        n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
+        slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
+    )
+
+
+def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              task_timeout: float | None) -> Job:
+    """A job of one call ``func(*args, **kwargs)``."""
+    return Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
+               ordered=True, n_tasks=1, task_timeout=task_timeout)
+
+
+def run(engine: Engine, job: Job, progress: ProgressBar | None,
+        on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
+    """Submit *job* and yield its results as they become available, driving the engine from this thread.
+
+    ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed early).
+    """
+    if progress is not None:
+        job.progress_listeners.append(progress.update)
+    failed = True
+    try:
+        engine.submit(job)
+        while True:
+            engine.drive(lambda: job.has_ready() or job.finished)
+            if job.has_ready():
+                yield from job.pop_ready()
+            elif job.finished:
+                break
+        if job.error is not None:
+            raise job.error
+        failed = False
+    finally:
+        if not job.finished:
+            job.cancel()
+        if progress is not None:
+            progress.close(failed=failed)
+        on_end(failed)

@@ -1,0 +1,247 @@
+"""Configuration: one table of options, resolved in layers into one frozen record.
+
+Precedence, highest first: call keyword > ``with config(...)`` > decorator argument > PARALLELIZE_* variable >
+built-in default. Two variables override everything: PARALLELIZE_MAX_CPU caps n_jobs and PARALLELIZE_DISABLE=1
+runs every call serially in-process. Variables are read at call time. Every value is checked where it enters,
+so a bad one fails before any process starts, with a ConfigError naming the option, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import multiprocessing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _env
+from . import _validation as check
+from ._errors import ConfigError
+from ._progress import STYLES
+
+BACKENDS = ("process", "thread", "serial")
+ON_ERROR = ("raise",)
+
+
+def _default_start_method() -> str:
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _n_jobs(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value == 0:
+        raise ConfigError(f"{name} must be a positive integer, -1 for all CPUs (-k: all but k-1) or None, "
+                          f"got {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> Any:
+    return check.positive_int(name, value)
+
+
+def _chunk_size(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+    return value
+
+
+def _timeout(name: str, value: Any) -> Any:
+    return check.timeout(name, value)
+
+
+def _flag(name: str, value: Any) -> Any:
+    return check.flag(name, value)
+
+
+def _choice(choices: tuple[Any, ...]) -> Callable[[str, Any], Any]:
+    def validate(name: str, value: Any) -> Any:
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return validate
+
+
+def _start_method(name: str, value: Any) -> Any:
+    if value not in check.START_METHODS:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, check.START_METHODS))}, got {value!r}")
+    return check.start_method(value)
+
+
+def _callable_or_none(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{name} must be callable or None, got {value!r}")
+    return value
+
+
+def _dict_or_none(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a dict or None, got {value!r}")
+    return value
+
+
+def _anything(name: str, value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class _Option:
+    default: Any
+    validate: Callable[[str, Any], Any]
+    env: _env.Parser | None = None  # None: not settable from the environment (code objects, signatures)
+
+
+OPTIONS: dict[str, _Option] = {
+    "n_jobs": _Option(None, _n_jobs, _env.parse_int),
+    "backend": _Option("process", _choice(BACKENDS), _env.parse_str),
+    "start_method": _Option(None, _start_method, _env.parse_str),
+    "chunk_size": _Option(None, _chunk_size, _env.parse_float),
+    "n_splits": _Option(None, _positive_int, _env.parse_int),
+    "max_tasks_active": _Option(None, _positive_int, _env.parse_int),
+    "worker_lifespan": _Option(None, _positive_int, _env.parse_int),
+    "task_timeout": _Option(None, _timeout, _env.parse_float),
+    "worker_init_timeout": _Option(None, _timeout, _env.parse_float),
+    "worker_exit_timeout": _Option(None, _timeout, _env.parse_float),
+    "progress_bar": _Option(False, _flag, _env.parse_bool),
+    "progress_bar_options": _Option(None, _dict_or_none),
+    "progress_bar_style": _Option(None, _choice(STYLES), _env.parse_str),
+    "on_error": _Option("raise", _choice(ON_ERROR), _env.parse_str),
+    "enable_insights": _Option(False, _flag, _env.parse_bool),
+    "daemon": _Option(True, _flag, _env.parse_bool),
+    "keep_alive": _Option(True, _flag, _env.parse_bool),
+    "nested": _Option(False, _flag, _env.parse_bool),
+    "pass_worker_id": _Option(False, _flag),
+    "worker_state": _Option(False, _flag),
+    "shared_objects": _Option(None, _anything),
+    "cpu_ids": _Option(None, _anything),
+    "worker_init": _Option(None, _callable_or_none),
+    "worker_exit": _Option(None, _callable_or_none),
+}
+
+MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
+DISABLE_VARIABLE = "PARALLELIZE_DISABLE"
+ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The effective configuration of one call. Built only by ``resolve``."""
+
+    n_jobs: int
+    backend: str
+    start_method: str
+    chunk_size: int | float | None
+    n_splits: int | None
+    max_tasks_active: int | None
+    worker_lifespan: int | None
+    task_timeout: float | None
+    worker_init_timeout: float | None
+    worker_exit_timeout: float | None
+    progress_bar: bool
+    progress_bar_options: dict[str, Any] | None
+    progress_bar_style: str | None
+    on_error: str
+    enable_insights: bool
+    daemon: bool
+    keep_alive: bool
+    nested: bool
+    pass_worker_id: bool
+    worker_state: bool
+    shared_objects: Any
+    cpu_ids: tuple[tuple[int, ...] | None, ...]
+    worker_init: Callable[..., Any] | None
+    worker_exit: Callable[..., Any] | None
+    disabled: bool  # PARALLELIZE_DISABLE: run serially in-process
+
+
+def validate(overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check option names and values given in code (decorator, config(), call keywords)."""
+    checked: dict[str, Any] = {}
+    for name, value in overrides.items():
+        option = OPTIONS.get(name)
+        if option is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{where} got an unknown option {name!r}{hint}")
+        checked[name] = option.validate(name, value)
+    return checked
+
+
+_scoped: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("parallelize_config", default={})  # noqa: B039 (never mutated)
+
+
+@contextlib.contextmanager
+def config(**options: Any) -> Iterator[None]:
+    """Scoped configuration for the calls inside the block (this thread / asyncio task only). Nests."""
+    checked = validate(options, "config()")
+    token = _scoped.set({**_scoped.get(), **checked})
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Options, dict[str, str]]:
+    """The effective options and where each came from. Validates the environment; call/decorator are pre-checked."""
+    from ._cpu import cpu_count
+
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE])
+    scoped = _scoped.get()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, option in OPTIONS.items():
+        variable = f"{_env.PREFIX}{name.upper()}"
+        if name in call:
+            values[name], sources[name] = call[name], "call"
+        elif name in scoped:
+            values[name], sources[name] = scoped[name], "config()"
+        elif name in decorator:
+            values[name], sources[name] = decorator[name], "decorator"
+        elif option.env is not None and (found := _env.read(variable, option.env))[0]:
+            values[name], sources[name] = _validate_env(variable, name, option, found[1]), variable
+        else:
+            values[name], sources[name] = option.default, "default"
+    available = cpu_count()
+    values["n_jobs"] = check.n_jobs(values["n_jobs"], available)
+    set_cap, cap = _env.read(MAX_CPU_VARIABLE, _env.parse_int)
+    if set_cap and cap is not None:
+        if cap < 1:
+            raise ConfigError(f"{MAX_CPU_VARIABLE}={cap!r} must be a positive integer")
+        if values["n_jobs"] > cap:
+            values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
+    if values["start_method"] is None:
+        values["start_method"] = _default_start_method()
+    if values["backend"] == "thread":
+        values["start_method"] = "threading"
+    values["cpu_ids"] = check.cpu_ids(values["cpu_ids"], values["n_jobs"])
+    disabled = _env.read(DISABLE_VARIABLE, _env.parse_bool)
+    values["disabled"] = bool(disabled[0] and disabled[1]) or values["backend"] == "serial"
+    sources["disabled"] = DISABLE_VARIABLE if disabled[0] else "default"
+    return Options(**values), sources
+
+
+def _validate_env(variable: str, name: str, option: _Option, value: Any) -> Any:
+    try:
+        return option.validate(name, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{variable}: {exc}") from None
+
+
+def show_config(func: Any = None) -> str:
+    """Print (and return) each effective option and where it comes from, for *func* if given."""
+    decorator = getattr(func, "decorator_options", {}) if func is not None else {}
+    options, sources = resolve(decorator, {})
+    width = max(map(len, sources))
+    lines = [f"{name:<{width}}  {getattr(options, name)!r:<24}  ({sources[name]})"
+             for name in (f.name for f in dataclasses.fields(Options))]
+    text = "\n".join(lines)
+    print(text)
+    return text

@@ -1,0 +1,443 @@
+"""The decorator: ``@parallel`` turns a function into one that runs over an iterable on a cached worker pool.
+
+ParallelFunction is a wrapt FunctionWrapper, so functions, methods, classmethods and staticmethods keep their
+name, docstring, signature and binding. Calling it resolves the configuration (_config), gets the pool from its
+PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPool uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import importlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from . import _config
+from ._calls import apply_job, map_job, run
+from ._chunking import is_numpy_array
+from ._config import Options
+from ._engine import Engine, WorkerSettings
+from ._job import Job
+from ._pool_cache import PoolHolder
+from ._progress import ProgressBar
+from ._worker import call_item, in_worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# --- what workers call ---------------------------------------------------------------------------------------------
+
+
+class TaskTarget:
+    """The user's function as workers run it: bound to its instance or class, travelling by reference.
+
+    Pickling names the decorated object (module + qualified name) and the instance, so spawn and forkserver
+    workers import the function instead of receiving a copy; functions that cannot be found by name (defined
+    inside another function) travel by value through cloudpickle.
+    """
+
+    def __init__(self, plain: Callable[..., Any], bind_to: Any, module: str | None, qualname: str | None) -> None:
+        self.plain = plain
+        self.bind_to = bind_to
+        self.module = module
+        self.qualname = qualname
+        self.parallelize_callable = functools.partial(plain, bind_to) if bind_to is not None else plain
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.parallelize_callable(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.module and self.qualname and "<locals>" not in self.qualname:
+            try:
+                found = _find_plain(self.module, self.qualname)
+            except Exception:
+                found = None
+            if found is self.plain:
+                return (_load_target, (self.module, self.qualname, self.bind_to))
+        return (_by_value_target, (self.plain, self.bind_to))
+
+
+def _find(module: str, qualname: str) -> Any:
+    """The object stored under a qualified name, read from namespaces so that no descriptor binds it."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        namespace = vars(obj) if hasattr(obj, "__dict__") else {}
+        obj = namespace[part] if part in namespace else getattr(obj, part)
+    return obj
+
+
+def _find_plain(module: str, qualname: str) -> Callable[..., Any]:
+    """The undecorated function behind a decorated name."""
+    return _unwrap(_find(module, qualname))
+
+
+def _find_decorated(module: str, qualname: str) -> Any:
+    obj = _find(module, qualname)
+    if isinstance(obj, classmethod | staticmethod) and not isinstance(obj, ParallelFunction):
+        obj = obj.__func__
+    return obj
+
+
+def _rebuild(func: Any, options: dict[str, Any]) -> ParallelFunction[Any, Any]:
+    return ParallelFunction(func, options)
+
+
+def _unwrap(obj: Any) -> Callable[..., Any]:
+    if isinstance(obj, classmethod | staticmethod):
+        obj = obj.__func__
+    if isinstance(obj, ParallelFunction):
+        obj = obj.__wrapped__
+    if isinstance(obj, classmethod | staticmethod):
+        obj = obj.__func__
+    return obj  # type: ignore[no-any-return]
+
+
+def _load_target(module: str, qualname: str, bind_to: Any) -> Callable[..., Any]:
+    plain = _find_plain(module, qualname)
+    return functools.partial(plain, bind_to) if bind_to is not None else plain
+
+
+def _by_value_target(plain: Callable[..., Any], bind_to: Any) -> Callable[..., Any]:
+    return functools.partial(plain, bind_to) if bind_to is not None else plain
+
+
+# --- the decorated object --------------------------------------------------------------------------------------------
+
+
+class _Core:
+    """State shared by a ParallelFunction and every bound version of it."""
+
+    def __init__(self, func: Any, options: dict[str, Any]) -> None:
+        self.options = options
+        plain = _unwrap(func)
+        self.kind = "static" if isinstance(func, staticmethod) else "class" if isinstance(func, classmethod) \
+            else "function"
+        self.module: str | None = getattr(plain, "__module__", None)
+        self.qualname: str | None = getattr(plain, "__qualname__", None)
+        self.plain = plain
+        self.holder = PoolHolder(self.qualname or repr(plain))
+        self.targets: dict[int, TaskTarget] = {}
+
+    def target(self, instance: Any) -> TaskTarget:
+        bind_to = None
+        if self.kind == "class":
+            bind_to = instance if isinstance(instance, type) else type(instance)
+        elif self.kind == "function":
+            bind_to = instance
+        target = self.targets.get(id(bind_to))
+        if target is None or target.bind_to is not bind_to:
+            target = TaskTarget(self.plain, bind_to, self.module, self.qualname)
+            self.targets[id(bind_to)] = target
+        return target
+
+    def settings(self, options: Options) -> WorkerSettings:
+        return WorkerSettings(
+            n_jobs=options.n_jobs, start_method=options.start_method, daemon=options.daemon, cpu_ids=options.cpu_ids,
+            shared_objects=options.shared_objects, pass_worker_id=options.pass_worker_id,
+            use_worker_state=options.worker_state, worker_init=options.worker_init, worker_exit=options.worker_exit,
+            worker_lifespan=options.worker_lifespan, insights=options.enable_insights,
+        )
+
+    def resolve(self, call_options: dict[str, Any]) -> Options:
+        checked = _config.validate(call_options, f"{self.qualname}()")
+        options, _ = _config.resolve(self.options, checked)
+        return options
+
+    def serial_mode(self, options: Options) -> bool:
+        return options.disabled or (in_worker() and not options.nested)
+
+    # --- maps ---
+
+    def run_map(self, instance: Any, iterable: Any, call_options: dict[str, Any], ordered: bool) -> Iterable[Any]:
+        if not is_numpy_array(iterable) and not isinstance(iterable, Iterable):
+            raise TypeError(
+                f"{self.qualname}() runs the function over an iterable of inputs and got a non-iterable "
+                f"{type(iterable).__name__}; to call it once, in this process, use {self.qualname}.serial(...)")
+        options = self.resolve(call_options)
+        target = self.target(instance)
+        if self.serial_mode(options):
+            return self.run_serial(target, iterable, options)
+        engine = self.holder.engine_for(self.settings(options))
+        engine.worker_init_timeout = options.worker_init_timeout
+        engine.worker_exit_timeout = options.worker_exit_timeout
+        job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
+                      max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
+                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+        bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
+            if options.progress_bar else None
+
+        def on_end(failed: bool) -> None:
+            if not options.keep_alive:
+                self.holder.release(engine)
+
+        return run(engine, job, bar, on_end)
+
+    def run_serial(self, target: TaskTarget, iterable: Any, options: Options) -> list[Any]:
+        """Everything in this process, as a single worker would: init hook, each item, exit hook."""
+        prefix: list[Any] = []
+        if options.pass_worker_id:
+            prefix.append(0)
+        if options.shared_objects is not None:
+            prefix.append(options.shared_objects)
+        if options.worker_state:
+            prefix.append({})
+        if options.worker_init is not None:
+            options.worker_init(*prefix)
+        func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
+        # A numpy array is one task, as in a worker (a single chunk)
+        results = [func(iterable)] if is_numpy_array(iterable) else [call_item(func, item, 0) for item in iterable]
+        if options.worker_exit is not None:
+            self.holder.exit_results = [options.worker_exit(*prefix)]
+        return results
+
+    def submit(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
+        options = self.resolve({})
+        target = self.target(instance)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        if self.serial_mode(options):
+            try:
+                future.set_result(target.parallelize_callable(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
+        engine = self.holder.engine_for(self.settings(options))
+        job = apply_job(engine, target, args, kwargs, options.task_timeout)
+
+        def finished(job: Job) -> None:
+            if job.error is not None:
+                future.set_exception(job.error)
+            elif job.cancelled:
+                future.set_exception(concurrent.futures.CancelledError("the pool was closed"))
+            else:
+                future.set_result(job.pop_ready()[0])
+
+        job.finish_listeners.append(finished)
+        engine.submit(job, background=True)
+        return future
+
+    async def aimap(self, instance: Any, iterable: Any, call_options: dict[str, Any],
+                    ordered: bool) -> AsyncIterator[Any]:
+        """Results as they come, without blocking the event loop: a background driver runs the pool."""
+        options = self.resolve(call_options)
+        target = self.target(instance)
+        if self.serial_mode(options):
+            for value in self.run_serial(target, iterable, options):
+                yield value
+            return
+        engine = self.holder.engine_for(self.settings(options))
+        job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
+                      max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
+                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def notify(*_: Any) -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        job.progress_listeners.append(notify)
+        job.finish_listeners.append(notify)
+        engine.submit(job, background=True)
+        try:
+            while True:
+                if job.has_ready():
+                    for value in job.pop_ready():
+                        yield value
+                    continue
+                if job.finished:
+                    break
+                await wake.wait()
+                wake.clear()
+            if job.error is not None:
+                raise job.error
+        finally:
+            if not job.finished:
+                job.cancel()
+                engine.backend.wakeup()
+
+
+class _Methods(Generic[P, R]):
+    """The methods of a decorated function; the bound and unbound wrappers share them."""
+
+    _self_core: _Core
+    _self_instance: Any
+    _self_owner: Any
+
+    def _instance(self) -> Any:
+        instance = self._self_instance
+        if instance is None and self._self_core.kind == "class":
+            return self._self_owner  # a classmethod reached through its class
+        return instance
+
+    def imap(self, iterable: Iterable[Any], /, **options: Any) -> Iterable[R]:
+        """Results one by one, in input order, as soon as each is ready."""
+        return self._self_core.run_map(self._instance(), iterable, options, ordered=True)
+
+    def imap_unordered(self, iterable: Iterable[Any], /, **options: Any) -> Iterable[R]:
+        """Results one by one, in completion order."""
+        return self._self_core.run_map(self._instance(), iterable, options, ordered=False)
+
+    def map_unordered(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+        """All results, in completion order."""
+        return list(self._self_core.run_map(self._instance(), iterable, options, ordered=False))
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
+        """One call in a worker; a concurrent.futures.Future for its result."""
+        return self._self_core.submit(self._instance(), args, kwargs)
+
+    async def amap(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+        """``await f.amap(items)``: all results in input order, without blocking the event loop."""
+        return [value async for value in self._self_core.aimap(self._instance(), iterable, options, True)]
+
+    def aimap(self, iterable: Iterable[Any], /, **options: Any) -> AsyncIterator[R]:
+        """``async for r in f.aimap(items)``: results in input order, without blocking the event loop."""
+        return self._self_core.aimap(self._instance(), iterable, options, True)
+
+    def serial(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The plain function, called once in this process."""
+        return self._self_core.target(self._instance()).parallelize_callable(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def close(self) -> list[Any]:
+        """Stop this function's workers (their exit hooks run); returns the exit results."""
+        return self._self_core.holder.close()
+
+    @property
+    def exit_results(self) -> list[Any]:
+        """What worker_exit returned in the workers stopped most recently."""
+        return list(self._self_core.holder.exit_results)
+
+    @property
+    def decorator_options(self) -> dict[str, Any]:
+        return dict(self._self_core.options)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (empty before the first call and after close())."""
+        engine: Engine | None = self._self_core.holder.engine
+        return engine.worker_pids() if engine is not None else []
+
+
+def _wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    raise AssertionError("unreachable: ParallelFunction handles calls itself")  # pragma: no cover
+
+
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper[Any, Any]
+else:
+    _FunctionWrapper = wrapt.FunctionWrapper
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper
+
+
+class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
+    """A decorated method accessed through an instance or class."""
+
+    @property
+    def _self_core(self) -> _Core:  # type: ignore[override]
+        return self._self_parent._self_core  # type: ignore[no-any-return]
+
+    def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+        return list(self._self_core.run_map(self._instance(), iterable, options, ordered=True))
+
+
+class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
+    """A function that, called on an iterable, runs on a pool of workers. See ``parallel``."""
+
+    __bound_function_wrapper__ = BoundParallelFunction
+
+    def __init__(self, func: Callable[P, R], options: dict[str, Any]) -> None:
+        super().__init__(func, _wrapper)
+        self._self_core = _Core(func, options)
+
+    def _instance(self) -> Any:
+        return None
+
+    def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+        return list(self._self_core.run_map(None, iterable, options, ordered=True))
+
+    def worker_init(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: run *hook* once in each worker before its first task (receives the same leading
+        arguments as the task: worker_id, shared_objects, worker_state, as enabled)."""
+        self._self_core.options["worker_init"] = _config.validate({"worker_init": hook}, "worker_init")["worker_init"]
+        return hook
+
+    def worker_exit(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: run *hook* once in each worker when it stops; return values end up in exit_results."""
+        self._self_core.options["worker_exit"] = _config.validate({"worker_exit": hook}, "worker_exit")["worker_exit"]
+        return hook
+
+    def options(self, **overrides: Any) -> ParallelFunction[P, R]:
+        """A copy with some options changed; it has its own pool."""
+        merged = {**self._self_core.options, **_config.validate(overrides, "options()")}
+        return ParallelFunction(self.__wrapped__, merged)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # By reference (module + qualified name), so workers and other processes import the same object; by value
+        # where the name does not lead back here (defined in a function, or inside a class pickled by value).
+        core = self._self_core
+        if core.module and core.qualname and "<locals>" not in core.qualname:
+            try:
+                if _find_decorated(core.module, core.qualname) is self:
+                    return (_find_decorated, (core.module, core.qualname))
+            except Exception:
+                pass
+        return (_rebuild, (self.__wrapped__, core.options))
+
+    def __copy__(self) -> ParallelFunction[P, R]:
+        return ParallelFunction(self.__wrapped__, dict(self._self_core.options))
+
+    def __deepcopy__(self, memo: Any) -> ParallelFunction[P, R]:
+        return self.__copy__()
+
+
+@overload
+def parallel(func: Callable[P, R], /) -> ParallelFunction[P, R]: ...
+
+
+@overload
+def parallel(
+    *,
+    n_jobs: int | None = ...,
+    backend: str = ...,
+    start_method: str | None = ...,
+    chunk_size: int | float | None = ...,
+    n_splits: int | None = ...,
+    max_tasks_active: int | None = ...,
+    worker_lifespan: int | None = ...,
+    task_timeout: float | None = ...,
+    worker_init_timeout: float | None = ...,
+    worker_exit_timeout: float | None = ...,
+    progress_bar: bool = ...,
+    progress_bar_options: dict[str, Any] | None = ...,
+    progress_bar_style: str | None = ...,
+    on_error: str = ...,
+    enable_insights: bool = ...,
+    daemon: bool = ...,
+    keep_alive: bool = ...,
+    nested: bool = ...,
+    pass_worker_id: bool = ...,
+    worker_state: bool = ...,
+    shared_objects: Any = ...,
+    cpu_ids: Any = ...,
+    worker_init: Callable[..., Any] | None = ...,
+    worker_exit: Callable[..., Any] | None = ...,
+) -> Callable[[Callable[P, R]], ParallelFunction[P, R]]: ...
+
+
+def parallel(func: Any = None, /, **options: Any) -> Any:
+    """Make *func* run in parallel: ``f(items)`` maps it over *items* on a cached pool of worker processes.
+
+    Usable bare (``@parallel``) or with options (``@parallel(n_jobs=4, worker_state=True)``). Options are
+    checked here, so a bad value fails at decoration time; nothing starts until the first call.
+    """
+    checked = _config.validate(options, "parallel()")
+    if func is None:
+        return lambda f: ParallelFunction(f, dict(checked))
+    if not callable(func) and not isinstance(func, classmethod | staticmethod):
+        raise TypeError(f"parallel() decorates a function, got {func!r}")
+    return ParallelFunction(func, dict(checked))
+

@@ -1,0 +1,71 @@
+"""Parsers for PARALLELIZE_* environment variables: one per value type, each with an error naming the variable."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._errors import ConfigError
+
+PREFIX = "PARALLELIZE_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"", "none"}
+_warned: set[str] = set()
+
+
+def parse_int(variable: str, text: str) -> int | None:
+    if text.strip().lower() in _NONE:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{variable}={text!r} is not an integer") from None
+
+
+def parse_float(variable: str, text: str) -> float | None:
+    if text.strip().lower() in _NONE:
+        return None
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{variable}={text!r} is not a number of seconds") from None
+
+
+def parse_bool(variable: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{variable}={text!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_str(variable: str, text: str) -> str:
+    return text.strip()
+
+
+Parser = Callable[[str, str], Any]
+
+
+def read(variable: str, parser: Parser) -> tuple[bool, Any]:
+    """(is set, parsed value) for one variable."""
+    text = os.environ.get(variable)
+    if text is None:
+        return False, None
+    return True, parser(variable, text)
+
+
+def warn_unknown(known: Iterable[str]) -> None:
+    """One warning per unknown PARALLELIZE_* variable, suggesting the closest valid name."""
+    known_names = set(known)
+    for name in os.environ:
+        if not name.startswith(PREFIX) or name in known_names or name in _warned:
+            continue
+        _warned.add(name)
+        close = difflib.get_close_matches(name, sorted(known_names), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(sorted(known_names))}"
+        warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning, stacklevel=4)
