@@ -11,6 +11,8 @@ import asyncio
 import concurrent.futures
 import functools
 import importlib
+import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -140,7 +142,8 @@ class _Core:
             n_jobs=options.n_jobs, start_method=options.start_method, daemon=options.daemon, cpu_ids=options.cpu_ids,
             shared_objects=options.shared_objects, pass_worker_id=options.pass_worker_id,
             use_worker_state=options.worker_state, worker_init=options.worker_init, worker_exit=options.worker_exit,
-            worker_lifespan=options.worker_lifespan, insights=options.enable_insights,
+            worker_lifespan=options.worker_lifespan, max_worker_memory=options.max_worker_memory,
+            insights=options.enable_insights,
         )
 
     def resolve(self, call_options: dict[str, Any]) -> Options:
@@ -167,7 +170,8 @@ class _Core:
         engine.worker_exit_timeout = options.worker_exit_timeout
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
+                      retries=options.retries, retry_backoff=options.retry_backoff)
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
 
@@ -190,7 +194,22 @@ class _Core:
             options.worker_init(*prefix)
         func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
         # A numpy array is one task, as in a worker (a single chunk)
-        results = [func(iterable)] if is_numpy_array(iterable) else [call_item(func, item, 0) for item in iterable]
+        items = [iterable] if is_numpy_array(iterable) else iterable
+        results: list[Any] = []
+        for item in items:
+            for attempt in itertools.count():
+                try:
+                    results.append(call_item(func, item, 0))
+                    break
+                except Exception as exc:
+                    if attempt < options.retries:
+                        time.sleep(options.retry_backoff * 2**attempt)  # the backoff the user asked for
+                        continue
+                    if options.on_error == "return":
+                        results.append(exc)
+                    elif options.on_error == "raise":
+                        raise
+                    break
         if options.worker_exit is not None:
             self.holder.exit_results = [options.worker_exit(*prefix)]
         return results
@@ -207,7 +226,7 @@ class _Core:
                 future.set_exception(exc)
             return future
         engine = self.holder.engine_for(self.settings(options))
-        job = apply_job(engine, target, args, kwargs, options.task_timeout)
+        job = apply_job(engine, target, args, kwargs, options.task_timeout, options.retries, options.retry_backoff)
 
         def finished(job: Job) -> None:
             if job.error is not None:
@@ -233,7 +252,8 @@ class _Core:
         engine = self.holder.engine_for(self.settings(options))
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
+                      retries=options.retries, retry_backoff=options.retry_backoff)
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
@@ -415,6 +435,9 @@ def parallel(
     progress_bar_options: dict[str, Any] | None = ...,
     progress_bar_style: str | None = ...,
     on_error: str = ...,
+    retries: int = ...,
+    retry_backoff: float = ...,
+    max_worker_memory: int | str | None = ...,
     enable_insights: bool = ...,
     daemon: bool = ...,
     keep_alive: bool = ...,

@@ -25,7 +25,7 @@ from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
 from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
-from ._worker import CLOCK_TASK_INDEX, CLOCK_TASK_START, WorkerSpec
+from ._worker import CLOCK_CANCEL, CLOCK_INDEX, CLOCK_START_NS, CLOCK_TAG, WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
 
@@ -49,13 +49,14 @@ class WorkerSettings:
     worker_init: Callable[..., Any] | None = None
     worker_exit: Callable[..., Any] | None = None
     worker_lifespan: int | None = None
+    max_worker_memory: int | None = None
     insights: bool = False
 
     def same_workers(self, other: WorkerSettings) -> bool:
         """Equal settings, comparing objects by identity (an ndarray has no usable ==)."""
         return all(getattr(self, f) is getattr(other, f) or getattr(self, f) == getattr(other, f)
                    for f in ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worker_id", "use_worker_state",
-                             "worker_lifespan", "insights")) and all(
+                             "worker_lifespan", "max_worker_memory", "insights")) and all(
             getattr(self, f) is getattr(other, f) for f in ("shared_objects", "worker_init", "worker_exit"))
 
 
@@ -93,6 +94,8 @@ class Engine:
         self._cv = threading.Condition()
         self._driving = False
         self._async_jobs: set[Job] = set()
+        self._tags = itertools.count(1)
+        self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
         self.worker_init_timeout: float | None = None
         self.worker_exit_timeout: float | None = None
@@ -120,6 +123,7 @@ class Engine:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
         if self.closed or self._stopping:
             raise RuntimeError("the pool has been stopped; start a new one")
+        job.finish_listeners.append(self._job_finished)
         with self._cv:
             self._incoming.append(job)
             if background:
@@ -177,6 +181,23 @@ class Engine:
                 slot.killed = True
         self._close_backend(timeout=0.0)
 
+    def cancel(self, job: Job) -> None:
+        """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted."""
+        job.cancel()
+        self.backend.wakeup()
+        if not self.closed:
+            # Become the driver for a moment if nobody is, so the interruption reaches the workers now.
+            self.drive(lambda: job not in self._to_cancel, timeout=1.0)
+
+    def abort(self) -> None:
+        """After Ctrl-C: end every worker at once. A second Ctrl-C does not stop the cleanup."""
+        while True:
+            try:
+                self.terminate()
+                return
+            except KeyboardInterrupt:
+                continue
+
     def is_idle(self) -> bool:
         return not self._jobs and not self._incoming and all(not s.inflight for s in self._slots)
 
@@ -190,6 +211,7 @@ class Engine:
             if self._incoming:
                 self._jobs.extend(self._incoming)
                 self._incoming.clear()
+        self._interrupt_cancelled()
         self._dispatch()
         wait = self._time_to_deadline()
         if timeout is not None:
@@ -199,11 +221,25 @@ class Engine:
                 self._on_message(event.key, event.message)
             else:
                 assert type(event) is Exited
-                self._on_exit(event.key, event.exitcode)
+                self._on_exit(event.key, event.exitcode, event.clock)
         self._enforce_deadlines()
+        self._interrupt_cancelled()
         if self._jobs:
             self._jobs = [job for job in self._jobs if not job.finished]
         self._dispatch()
+
+    def _job_finished(self, job: Job) -> None:
+        if job.error is not None or job.cancelled:
+            self._to_cancel.append(job)
+
+    def _interrupt_cancelled(self) -> None:
+        """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`)."""
+        while self._to_cancel:
+            job = self._to_cancel.pop()
+            for slot in self._slots:
+                if slot.key is not None and any(j is job for j, _ in slot.inflight):
+                    self.backend.clock(slot.key)[CLOCK_CANCEL] = job.id + 1
+                    self.backend.interrupt(slot.key)
 
     def _dispatch(self) -> None:
         if self._stopping:
@@ -249,6 +285,7 @@ class Engine:
                 self._func_payloads[chunk.func_id] = payload
             self.backend.send(slot.key, RegisterFunc(chunk.func_id, payload))
             slot.known_funcs.add(chunk.func_id)
+        chunk = chunk._replace(tag=next(self._tags))
         try:
             self.backend.send(slot.key, chunk)
         except Exception as exc:
@@ -275,6 +312,7 @@ class Engine:
             worker_init=settings.worker_init,
             worker_exit=settings.worker_exit,
             lifespan=settings.worker_lifespan,
+            max_memory=settings.max_worker_memory,
             insights=settings.insights,
             cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
             created_at=time.time(),
@@ -303,7 +341,10 @@ class Engine:
         kind = type(message)
         if kind is ChunkDone:
             job, chunk = slot.inflight.popleft()
-            job.complete(chunk, message.values, message.failure, message.duration)
+            if message.cancelled and not job.finished:
+                job.requeue(chunk)  # interrupted by a cancellation meant for another job
+            else:
+                job.complete(chunk, message.values, message.failures, message.duration)
             if self.insights is not None and message.stats is not None:
                 self.insights.update(slot.worker_id, key, message.stats)
             if not slot.inflight and (slot.stop_sent or self._lifespan_reached(slot)):
@@ -316,6 +357,10 @@ class Engine:
                 self._fail_all(unpack_exception(message.failure))
         elif kind is WorkerExited:
             slot.exited_cleanly = True
+            if message.reason == "memory":
+                logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
+                               "restarted", slot.worker_id, slot.pid, message.rss / 2**20,
+                               (self.settings.max_worker_memory or 0) / 2**20)
             if self.settings.worker_exit is not None:
                 self.exit_results.append(message.exit_result)
             if self.insights is not None:
@@ -325,7 +370,7 @@ class Engine:
                 self.exit_errors.append(error)
                 self._fail_all(error)
 
-    def _on_exit(self, key: int, exitcode: int | None) -> None:
+    def _on_exit(self, key: int, exitcode: int | None, clock: tuple[int, ...]) -> None:
         slot = self._by_key.pop(key, None)
         if slot is None:
             return
@@ -333,8 +378,8 @@ class Engine:
         slot.inflight.clear()
         if orphans and not slot.killed and not slot.exited_cleanly:
             job, chunk = orphans.pop(0)
-            job.requeue(chunk)
-            job.fail(self._death_error(slot, chunk, exitcode))
+            position = clock[CLOCK_INDEX] if clock[CLOCK_TAG] == chunk.tag else None
+            job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:
             job.requeue(chunk)
         if slot.ready and not slot.exited_cleanly and not slot.killed and not self._stopping:
@@ -342,12 +387,15 @@ class Engine:
                            slot.worker_id, slot.pid, _describe_exitcode(exitcode))
         self._slots[slot.worker_id] = _Slot(slot.worker_id)
 
-    def _death_error(self, slot: _Slot, chunk: RunChunk, exitcode: int | None) -> WorkerDiedError:
-        items = f"item {chunk.start}" if len(chunk.items) == 1 else \
-            f"items {chunk.start}..{chunk.start + len(chunk.items) - 1}"
+    def _death_error(self, slot: _Slot, chunk: RunChunk, position: int | None,
+                     exitcode: int | None) -> WorkerDiedError:
+        if position is None:
+            what = "before starting its next chunk"
+        else:
+            what = f"while running task {chunk.start + position} ({describe_unpicklable(chunk.items[position])})"
         return WorkerDiedError(
-            f"worker {slot.worker_id} (pid {slot.pid}) died with {_describe_exitcode(exitcode)} while running "
-            f"{items}{_exit_hint(exitcode)}"
+            f"worker {slot.worker_id} (pid {slot.pid}) died with {_describe_exitcode(exitcode)} {what}"
+            f"{_exit_hint(exitcode)}"
         )
 
     def _fail_all(self, error: BaseException) -> None:
@@ -369,20 +417,22 @@ class Engine:
                 if self.worker_init_timeout is not None:
                     out.append((slot.started_at + self.worker_init_timeout, slot, "init"))
             elif slot.inflight:
-                job, _ = slot.inflight[0]
+                job, chunk = slot.inflight[0]
                 if job.task_timeout is not None:
-                    started = self.backend.clock(slot.key)[CLOCK_TASK_START]
-                    if started:
-                        out.append((started + job.task_timeout, slot, "task"))
+                    clock = self.backend.clock(slot.key)
+                    started = clock[CLOCK_START_NS]
+                    if started and clock[CLOCK_TAG] == chunk.tag:
+                        out.append((started / 1e9 + job.task_timeout, slot, "task"))
             elif slot.exit_started_at is not None and self.worker_exit_timeout is not None:
                 out.append((slot.exit_started_at + self.worker_exit_timeout, slot, "exit"))
         return out
 
     def _time_to_deadline(self) -> float | None:
-        deadlines = self._deadlines()
-        if not deadlines:
+        times = [d for d, _, _ in self._deadlines()]
+        times.extend(t for job in self._jobs if (t := job.next_retry_at()) is not None)
+        if not times:
             return None
-        return max(0.0, min(d for d, _, _ in deadlines) - time.monotonic())
+        return max(0.0, min(times) - time.monotonic())
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -407,15 +457,14 @@ class Engine:
 
     def _task_timed_out(self, slot: _Slot) -> None:
         assert slot.key is not None
-        job, chunk = slot.inflight[0]
-        index = chunk.start + int(self.backend.clock(slot.key)[CLOCK_TASK_INDEX])
-        item = chunk.items[index - chunk.start]
-        where = "" if self.backend.supports_kill else " (a thread cannot be interrupted: it runs on, disowned)"
+        job, chunk = slot.inflight.popleft()
+        position = self.backend.clock(slot.key)[CLOCK_INDEX]
+        note = "" if self.backend.supports_kill else " (a thread cannot be interrupted: it runs on, disowned)"
         error = TaskTimeoutError(
-            f"task {index} ({describe_unpicklable(item)}) ran longer than task_timeout={job.task_timeout}s; "
-            f"worker {slot.worker_id} (pid {slot.pid}) was stopped{where}")
+            f"task {chunk.start + position} ({describe_unpicklable(chunk.items[position])}) ran longer than "
+            f"task_timeout={job.task_timeout}s; worker {slot.worker_id} (pid {slot.pid}) was stopped{note}")
         self._kill(slot)
-        job.fail(error)
+        job.lost(chunk, position, error)
 
     def _kill(self, slot: _Slot) -> None:
         assert slot.key is not None
