@@ -19,12 +19,17 @@ def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: 
             iterable_len: int | None = None, max_tasks_active: int | None = None,
             chunk_size: int | float | None = None, n_splits: int | None = None,
             task_timeout: float | None = None, order_tasks: bool = False, on_error: str = "raise",
-            retries: int = 0, retry_backoff: float = 0.0, call_mode: int = CALL_UNPACK) -> Job:
-    """A job running *func* over *iterable* (numpy arrays are cut along axis 0, each slice one task)."""
+            retries: int = 0, retry_backoff: float = 0.0, call_mode: int = CALL_UNPACK,
+            split_arrays: bool = False) -> Job:
+    """A job running *func* over *iterable*.
+
+    With split_arrays (MPIRE's rule), a numpy array is cut along axis 0 and each slice is one task; otherwise an
+    array is an iterable like any other: one task per row.
+    """
     n_tasks = known_length(iterable, iterable_len)
     sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits)
     # As MPIRE: iterable_len caps how many items are read.
-    if is_numpy_array(iterable):
+    if split_arrays and is_numpy_array(iterable):
         chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, iterable_len)
     else:
         chunks = iter_chunks(iterable, sizer, iterable_len)

@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import importlib
 import itertools
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -23,6 +24,7 @@ from ._calls import apply_job, map_job, run
 from ._chunking import is_numpy_array
 from ._config import Options
 from ._engine import Engine, WorkerSettings
+from ._errors import ConfigError
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
@@ -152,7 +154,15 @@ class _Core:
         return options
 
     def serial_mode(self, options: Options) -> bool:
-        return options.disabled or (in_worker() and not options.nested)
+        if options.disabled:
+            return True
+        if not in_worker():
+            return False
+        if options.nested and options.backend == "process" and multiprocessing.current_process().daemon:
+            raise ConfigError(f"{self.qualname}: nested=True starts a pool inside a worker, but this worker is a "
+                              "daemonic process, which may not have children: give the outer function "
+                              "daemon=False")
+        return not options.nested
 
     # --- maps ---
 
@@ -193,10 +203,8 @@ class _Core:
         if options.worker_init is not None:
             options.worker_init(*prefix)
         func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
-        # A numpy array is one task, as in a worker (a single chunk)
-        items = [iterable] if is_numpy_array(iterable) else iterable
         results: list[Any] = []
-        for item in items:
+        for item in iterable:
             for attempt in itertools.count():
                 try:
                     results.append(call_item(func, item, 0))

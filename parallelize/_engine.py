@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
@@ -73,6 +74,7 @@ class _Slot:
     n_assigned: int = 0
     known_funcs: set[int] = field(default_factory=set)
     stop_sent: bool = False
+    init_failed: bool = False
     exited_cleanly: bool = False
     killed: bool = False
     exit_started_at: float | None = None
@@ -104,6 +106,12 @@ class Engine:
         self.insights = InsightsCollector(settings.n_jobs) if settings.insights else None
         self._stopping = False
         self.closed = False
+        self._pid = os.getpid()
+
+    @property
+    def usable(self) -> bool:
+        """Not closed, and in the process that started it (after os.fork() the child must start its own)."""
+        return not self.closed and self._pid == os.getpid()
 
     # --- public operations ---------------------------------------------------------------------------------------
 
@@ -159,7 +167,7 @@ class Engine:
 
         Workers still running after *timeout* seconds are killed.
         """
-        if self.closed:
+        if self.closed or self._pid != os.getpid():
             return []
         self._stopping = True
         self.backend.wakeup()
@@ -171,7 +179,7 @@ class Engine:
 
     def terminate(self) -> None:
         """End every worker now: no exit hooks, in-flight work is lost."""
-        if self.closed:
+        if self.closed or self._pid != os.getpid():
             return
         self._stopping = True
         for job in self._jobs + self._incoming:
@@ -354,6 +362,7 @@ class Engine:
             if self.insights is not None:
                 self.insights.started(slot.worker_id, message.start_up_time, message.init_time)
             if message.failure is not None:
+                slot.init_failed = True
                 self._fail_all(unpack_exception(message.failure))
         elif kind is WorkerExited:
             slot.exited_cleanly = True
@@ -382,7 +391,7 @@ class Engine:
             job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:
             job.requeue(chunk)
-        if slot.ready and not slot.exited_cleanly and not slot.killed and not self._stopping:
+        if slot.ready and not (slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping):
             logger.warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
                            slot.worker_id, slot.pid, _describe_exitcode(exitcode))
         self._slots[slot.worker_id] = _Slot(slot.worker_id)

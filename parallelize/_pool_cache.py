@@ -34,8 +34,8 @@ class PoolHolder:
         """The live engine if its workers fit *settings*, else a new one (the old one is stopped first)."""
         with self.lock:
             engine = self.engine
-            if engine is not None and (engine.closed or not engine.settings.same_workers(settings)):
-                if not engine.closed:
+            if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
+                if engine.usable:
                     logger.debug("parallelize: %s: worker settings changed, starting new workers", self.name)
                 self.engine = None
                 self._stop(engine)

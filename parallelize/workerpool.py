@@ -249,7 +249,8 @@ class WorkerPool:
             n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
         return map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered, iterable_len=iterable_len,
                        max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
-                       task_timeout=task_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE)
+                       task_timeout=task_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
+                       split_arrays=True)
 
     # --- apply --------------------------------------------------------------------------------------------------
 
@@ -367,7 +368,7 @@ class WorkerPool:
             raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
                                 "iterator before starting another map (the running one is left untouched)")
         engine = self._engine
-        if engine is not None and (engine.closed or not engine.settings.same_workers(settings)):
+        if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
             logger.debug("WorkerPool: worker settings changed, starting new workers")
             self._engine = None
             engine.wait_async_jobs()

@@ -279,6 +279,27 @@ class ProcessBackend(Backend):
         self._lifeline_w.close()
 
 
+def _neutralise_inherited_fds() -> None:
+    """In a child made by os.fork(): the parent's pool pipes are not ours.
+
+    Each is replaced by /dev/null rather than closed: the number stays taken until the objects that own it are
+    garbage-collected and close it, so it cannot be reused by a new pipe and then closed by mistake.
+    """
+    if not _PARENT_ONLY_FDS:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in _PARENT_ONLY_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    _PARENT_ONLY_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_neutralise_inherited_fds)
+
+
 def _kill_descendants(pid: int) -> None:
     """Processes a worker started (a subprocess in a task) do not outlive a worker that is being stopped."""
     import psutil
