@@ -483,13 +483,21 @@ class Engine:
     # --- background driving and shutdown ----------------------------------------------------------------------------
 
     def _ensure_background_driver(self) -> None:
-        if self._background is not None and self._background.is_alive():
+        # Called with self._cv held; the driver clears self._background under the same lock when it quits, so a
+        # job added at that moment always gets a new driver.
+        if self._background is not None:
             return
         self._background = threading.Thread(target=self._drive_async_jobs, name="parallelize-driver", daemon=True)
         self._background.start()
 
     def _drive_async_jobs(self) -> None:
-        self.drive(lambda: not self._async_jobs or self.closed)
+        def nothing_left() -> bool:  # evaluated with self._cv held
+            if self._async_jobs and not self.closed:
+                return False
+            self._background = None
+            return True
+
+        self.drive(nothing_left)
 
     def _async_job_finished(self, job: Job) -> None:
         self._async_jobs.discard(job)  # runs inside a step, i.e. with the driver's role held

@@ -91,6 +91,7 @@ class Job:
         self.progress_listeners: list[Callable[[int], None]] = []
         self.finish_listeners: list[Callable[[Job], None]] = []
         self.done_event = threading.Event()
+        self._ending = False  # set as soon as the job ends, before its listeners run
 
     # --- asked by the engine ------------------------------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class Job:
                 self._fill(chunk, position, values[position])
             else:
                 break  # never ran (no keep_going): the job has failed above
-            if self.done_event.is_set():  # the policy ended the job (not narrowed away like the property)
+            if self._ending:  # the policy ended the job
                 return
 
     def lost(self, chunk: RunChunk, position: int | None, error: BaseException) -> None:
@@ -175,7 +176,7 @@ class Job:
             self._requeued.append(chunk)
             return
         self._item_failed(chunk, position, error)
-        if self.done_event.is_set():
+        if self._ending:
             return
         for part in (slice(0, position), slice(position + 1, len(chunk.items))):
             items = chunk.items[part]
@@ -202,7 +203,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.done_event.is_set()
+        return self._ending
 
     def has_ready(self) -> bool:
         return bool(self._ready)
@@ -276,6 +277,9 @@ class Job:
             self._notify_finished()
 
     def _notify_finished(self) -> None:
-        self.done_event.set()
+        self._ending = True
+        # Listeners first (AsyncResult stores its value, callbacks run), then the job counts as finished: whoever
+        # sees it finished sees everything the listeners did.
         for listener in self.finish_listeners:
             listener(self)
+        self.done_event.set()

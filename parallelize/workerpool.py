@@ -55,19 +55,19 @@ class AsyncResult:
             logger.exception("an apply_async callback raised")
 
     def ready(self) -> bool:
-        return self._job.finished
+        return self._job.done_event.is_set()
 
     def successful(self) -> bool:
-        if not self._job.finished:
+        if not self._job.done_event.is_set():
             raise ValueError("the result is not ready yet")
         return self._job.error is None and not self._job.cancelled
 
     def wait(self, timeout: float | None = None) -> None:
-        self._engine.drive(lambda: self._job.finished, timeout)
+        self._engine.drive(self._job.done_event.is_set, timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
-        if not self._job.finished:
+        if not self._job.done_event.is_set():
             raise ResultTimeoutError(f"the result was not ready within {timeout}s")
         if self._job.error is not None:
             raise self._job.error
@@ -363,8 +363,7 @@ class WorkerPool:
         )
 
     def _engine_for(self, settings: WorkerSettings) -> Engine:
-        lazy = self._lazy_job
-        if lazy is not None and not lazy.finished:
+        if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
             raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
                                 "iterator before starting another map (the running one is left untouched)")
         engine = self._engine

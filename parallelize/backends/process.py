@@ -7,15 +7,17 @@ dead worker is seen the moment it dies, and nothing polls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import multiprocessing
 import os
+import pickle
 import selectors
 import signal
 import threading
 import time
 import warnings
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,7 +43,21 @@ class ForkAfterThreadsWarning(RuntimeWarning):
     """A fork-based pool is starting workers while other threads run in this process."""
 
 
-def _child_entry(spec_payload: WorkerSpec | bytes, task_conn: Connection, result_conn: Connection,
+class _SpawnSpec:
+    """A WorkerSpec for spawn/forkserver: code travels by cloudpickle (lambdas, __main__ functions), while shared
+    objects go through multiprocessing's own pickler at process start, the only moment locks, events and shared
+    ctypes may be passed."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.code = dumps_by_value((spec.functions, spec.worker_init, spec.worker_exit))
+        self.rest = dataclasses.replace(spec, functions={}, worker_init=None, worker_exit=None)
+
+    def build(self) -> WorkerSpec:
+        functions, worker_init, worker_exit = loads(self.code)
+        return dataclasses.replace(self.rest, functions=functions, worker_init=worker_init, worker_exit=worker_exit)
+
+
+def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Connection, result_conn: Connection,
                  lifeline: Connection, clock: Any) -> None:
     for fd in list(_PARENT_ONLY_FDS):
         with contextlib.suppress(OSError):
@@ -54,7 +70,12 @@ def _child_entry(spec_payload: WorkerSpec | bytes, task_conn: Connection, result
     slots = memoryview(clock).cast("B").cast("q")  # int64 slots; a memoryview write is the cheapest per task
     signal.signal(CANCEL_SIGNAL, _worker.cancel_signal_handler(slots))
     _worker.in_worker_process = True
-    spec = loads(spec_payload) if isinstance(spec_payload, bytes) else spec_payload
+    if isinstance(spec_payload, bytes):
+        spec = loads(spec_payload)
+    elif isinstance(spec_payload, _SpawnSpec):
+        spec = spec_payload.build()
+    else:
+        spec = spec_payload
     if spec.cpu_ids:
         os.sched_setaffinity(0, spec.cpu_ids)
     # Pools started inside this worker must not leak this worker's own pipes into their workers.
@@ -124,16 +145,24 @@ class ProcessBackend(Backend):
         if self.name == "fork":
             _warn_if_threads()
         # Under fork the spec (shared objects included) is inherited as it is: copy-on-write, nothing pickled.
-        payload: WorkerSpec | bytes = spec if self.name == "fork" else dumps_by_value(spec)
-        process = self._ctx.Process(
-            target=_child_entry,
-            args=(payload, task_r, result_w, self._lifeline_r, clock),
-            name=f"parallelize-worker-{spec.worker_id}",
-            daemon=self._daemon,
-        )
+        payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
+            [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
         _PARENT_ONLY_FDS.update((task_w.fileno(), result_r.fileno()))
         try:
-            process.start()
+            for attempt, payload in enumerate(payloads):
+                process = self._ctx.Process(
+                    target=_child_entry,
+                    args=(payload(), task_r, result_w, self._lifeline_r, clock),
+                    name=f"parallelize-worker-{spec.worker_id}",
+                    daemon=self._daemon,
+                )
+                try:
+                    process.start()
+                    break
+                except (pickle.PicklingError, TypeError, AttributeError):
+                    # Shared objects multiprocessing cannot pickle (a lambda inside): all by cloudpickle instead.
+                    if attempt == len(payloads) - 1:
+                        raise
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 self._forget_fd(conn)
