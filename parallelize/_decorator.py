@@ -188,6 +188,7 @@ class _Core:
         def on_end(failed: bool) -> None:
             if not options.keep_alive:
                 self.holder.release(engine)
+            self.holder.call_ended()
 
         return run(engine, job, bar, on_end)
 
@@ -367,6 +368,13 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
     @property
     def _self_core(self) -> _Core:  # type: ignore[override]
         return self._self_parent._self_core  # type: ignore[no-any-return]
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Like a bound method: the object it is bound to, and the attribute name.
+        owner = self._instance()
+        if owner is None:
+            owner = self._self_owner
+        return (getattr, (owner, self.__name__))
 
     def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
         return list(self._self_core.run_map(self._instance(), iterable, options, ordered=True))

@@ -432,6 +432,10 @@ class Engine:
                     started = clock[CLOCK_START_NS]
                     if started and clock[CLOCK_TAG] == chunk.tag:
                         out.append((started / 1e9 + job.task_timeout, slot, "task"))
+                    else:
+                        # Not started yet (or between two tasks): its deadline is at least a timeout away.
+                        # Wake up then to read the clock again; never late, and no busy polling.
+                        out.append((time.monotonic() + job.task_timeout, slot, "recheck"))
             elif slot.exit_started_at is not None and self.worker_exit_timeout is not None:
                 out.append((slot.exit_started_at + self.worker_exit_timeout, slot, "exit"))
         return out
@@ -447,6 +451,8 @@ class Engine:
         now = time.monotonic()
         for deadline, slot, what in self._deadlines():
             if deadline > now:
+                continue
+            if what == "recheck":
                 continue
             if what == "task":
                 self._task_timed_out(slot)
