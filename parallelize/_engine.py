@@ -10,6 +10,7 @@ nearest deadline (task/init/exit timeouts read from the workers' task clocks), t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,8 @@ class Engine:
                 while True:
                     if done():
                         return True
+                    if self.closed:
+                        return False  # nothing will ever happen again
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -174,7 +177,8 @@ class Engine:
         try:
             self.drive(lambda: all(slot.key is None for slot in self._slots), timeout)
         finally:
-            self._close_backend(timeout=1.0)
+            with self._exclusive():
+                self._close_backend(timeout=1.0)
         return self.exit_results
 
     def terminate(self) -> None:
@@ -182,12 +186,29 @@ class Engine:
         if self.closed or self._pid != os.getpid():
             return
         self._stopping = True
-        for job in self._jobs + self._incoming:
-            job.cancel()
-        for slot in self._slots:
-            if slot.key is not None:
-                slot.killed = True
-        self._close_backend(timeout=0.0)
+        with self._exclusive():
+            for job in self._jobs + self._incoming:
+                job.cancel()
+            for slot in self._slots:
+                if slot.key is not None:
+                    slot.killed = True
+            self._close_backend(timeout=0.0)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the driver's role (waking the current driver up to hand it over): nobody else touches the
+        backend meanwhile."""
+        with self._cv:
+            while self._driving:
+                self.backend.wakeup()
+                self._cv.wait(0.05)
+            self._driving = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._driving = False
+                self._cv.notify_all()
 
     def cancel(self, job: Job) -> None:
         """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted."""

@@ -14,6 +14,7 @@ import os
 import pickle
 import selectors
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -65,7 +66,8 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     _PARENT_ONLY_FDS.clear()
     # The parent handles Ctrl-C and stops workers itself; a worker traceback per Ctrl-C would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()  # a segfault in a task prints the Python stack of the worker
+    with contextlib.suppress(Exception):  # sys.stderr may be a StringIO or closed: use fd 2 itself
+        faulthandler.enable(file=2)  # a segfault in a task prints the Python stack of the worker
     _watch_parent(lifeline)
     slots = memoryview(clock).cast("B").cast("q")  # int64 slots; a memoryview write is the cheapest per task
     signal.signal(CANCEL_SIGNAL, _worker.cancel_signal_handler(slots))
@@ -131,6 +133,12 @@ class ProcessBackend(Backend):
         self._own_fds = (self._wake_r, self._wake_w, self._selector.fileno(), self._lifeline_w.fileno())
         _PARENT_ONLY_FDS.update(self._own_fds)
         self._closed = False
+        if start_method != "fork":
+            # Spawned workers import the main script as __mp_main__; exceptions and results whose classes are
+            # defined there must unpickle here too.
+            main = sys.modules.get("__main__")
+            if main is not None:
+                sys.modules.setdefault("__mp_main__", main)
 
     @property
     def context(self) -> Any:
@@ -179,8 +187,15 @@ class ProcessBackend(Backend):
 
     def send(self, key: int, message: Any) -> None:
         worker = self._workers[key]
-        payload = dumps(message)
-        if worker.writer.send(payload) and not worker.want_write:
+        payload = dumps(message)  # a serialisation error is the caller's to report
+        try:
+            pending = worker.writer.send(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The worker has ended and the parent has not seen it yet: its sentinel will say so, and whatever
+            # was sent to it is dealt with then (sent again, or failed with WorkerDiedError).
+            worker.writer.outbox.clear()
+            return
+        if pending and not worker.want_write:
             worker.want_write = True
             self._selector.register(worker.writer.fd, selectors.EVENT_WRITE, ("write", key))
 
@@ -204,7 +219,9 @@ class ProcessBackend(Backend):
         return events
 
     def _read(self, key: int, events: list[Event]) -> None:
-        worker = self._workers[key]
+        worker = self._workers.get(key)
+        if worker is None:
+            return
         frames, eof = worker.reader.read_available()
         events.extend(Received(key, loads(f)) for f in frames)
         if eof and worker.result_open:
@@ -212,7 +229,9 @@ class ProcessBackend(Backend):
             self._selector.unregister(worker.reader.fd)
 
     def _flush(self, key: int) -> None:
-        worker = self._workers[key]
+        worker = self._workers.get(key)
+        if worker is None:
+            return
         try:
             pending = worker.writer.flush()
         except (BrokenPipeError, ConnectionResetError):
