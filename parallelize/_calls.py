@@ -18,27 +18,34 @@ from ._progress import ProgressBar
 def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,
             iterable_len: int | None = None, max_tasks_active: int | None = None,
             chunk_size: int | float | None = None, n_splits: int | None = None,
-            task_timeout: float | None = None, order_tasks: bool = False) -> Job:
-    """A job running *func* over *iterable* (numpy arrays are cut along axis 0, each slice one task)."""
+            task_timeout: float | None = None, order_tasks: bool = False, on_error: str = "raise",
+            retries: int = 0, retry_backoff: float = 0.0, call_mode: int = CALL_UNPACK,
+            split_arrays: bool = False) -> Job:
+    """A job running *func* over *iterable*.
+
+    With split_arrays (MPIRE's rule), a numpy array is cut along axis 0 and each slice is one task; otherwise an
+    array is an iterable like any other: one task per row.
+    """
     n_tasks = known_length(iterable, iterable_len)
     sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits)
     # As MPIRE: iterable_len caps how many items are read.
-    if is_numpy_array(iterable):
+    if split_arrays and is_numpy_array(iterable):
         chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, iterable_len)
     else:
         chunks = iter_chunks(iterable, sizer, iterable_len)
     return Job(
-        engine.new_job_id(), engine.function_id(func), CALL_UNPACK, chunks, sizer, ordered=ordered,
+        engine.new_job_id(), engine.function_id(func), call_mode, chunks, sizer, ordered=ordered,
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
+        on_error=on_error, retries=retries, retry_backoff=retry_backoff,
     )
 
 
 def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              task_timeout: float | None) -> Job:
+              task_timeout: float | None, retries: int = 0, retry_backoff: float = 0.0) -> Job:
     """A job of one call ``func(*args, **kwargs)``."""
     return Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
-               ordered=True, n_tasks=1, task_timeout=task_timeout)
+               ordered=True, n_tasks=1, task_timeout=task_timeout, retries=retries, retry_backoff=retry_backoff)
 
 
 def run(engine: Engine, job: Job, progress: ProgressBar | None,
@@ -53,7 +60,11 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     try:
         engine.submit(job)
         while True:
-            engine.drive(lambda: job.has_ready() or job.finished)
+            try:
+                engine.drive(lambda: job.has_ready() or job.finished)
+            except KeyboardInterrupt:
+                engine.abort()  # Ctrl-C: workers end now; the next call starts fresh ones
+                raise
             if job.has_ready():
                 yield from job.pop_ready()
             elif job.finished:
@@ -63,7 +74,7 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
         failed = False
     finally:
         if not job.finished:
-            job.cancel()
+            engine.cancel(job)  # left early (break, close(), error in the consumer): stop its chunks now
         if progress is not None:
             progress.close(failed=failed)
         on_end(failed)

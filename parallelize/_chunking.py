@@ -49,17 +49,18 @@ class ChunkSizer:
     """Decides the size of each next chunk."""
 
     def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None):
-        self._fixed: int | None = None
+        self._fixed: float | None = None  # may be fractional: chunk k ends at ceil(k * size), as in MPIRE
+        self._chunks_cut = 0
         self._guided_floor = 1
         self._remaining = n_tasks
         self._n_jobs = max(1, n_jobs)
         self.adaptive = False
         if chunk_size is not None:
-            self._fixed = max(1, math.ceil(chunk_size))
+            self._fixed = max(1.0, float(chunk_size))
         elif n_splits is not None:
             if n_tasks is None:
                 raise ConfigError("n_splits needs the number of tasks: pass iterable_len or an iterable with len()")
-            self._fixed = max(1, math.ceil(n_tasks / n_splits))
+            self._fixed = max(1.0, n_tasks / n_splits)
         elif n_tasks is not None:
             self._guided_floor = max(1, math.ceil(n_tasks / (64 * self._n_jobs)))
         else:
@@ -68,13 +69,15 @@ class ChunkSizer:
 
     def next_size(self) -> int:
         if self._fixed is not None:
-            return self._fixed
+            k = self._chunks_cut
+            return math.ceil(round((k + 1) * self._fixed, 9)) - math.ceil(round(k * self._fixed, 9))
         if self.adaptive:
             return self._size
         assert self._remaining is not None
         return max(self._guided_floor, math.ceil(self._remaining / (4 * self._n_jobs)))
 
     def taken(self, n: int) -> None:
+        self._chunks_cut += 1
         if self._remaining is not None:
             self._remaining = max(0, self._remaining - n)
 
@@ -105,7 +108,7 @@ def iter_numpy_chunks(array: Any, sizer: ChunkSizer, limit: int | None) -> Itera
     n = int(array.shape[0]) if limit is None else min(limit, int(array.shape[0]))
     start = 0
     while start < n:
-        size = sizer.next_size()
+        size = min(sizer.next_size(), n - start)
         sizer.taken(size)
         yield [array[start : start + size]]
         start += size

@@ -23,7 +23,9 @@ from ._errors import ConfigError
 from ._progress import STYLES
 
 BACKENDS = ("process", "thread", "serial")
-ON_ERROR = ("raise",)
+ON_ERROR = ("raise", "return", "skip")
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
+                 "g": 2**30, "gb": 10**9, "gib": 2**30}
 
 
 def _default_start_method() -> str:
@@ -86,6 +88,36 @@ def _dict_or_none(name: str, value: Any) -> Any:
     return value
 
 
+def _non_negative_int(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _non_negative_seconds(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _memory(name: str, value: Any) -> Any:
+    """Bytes as an int, or a string with a unit: "512MiB", "2GB", "1.5g"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            value = int(float(number) * _MEMORY_UNITS[unit])
+        except (ValueError, KeyError):
+            raise ConfigError(f"{name} must be a number of bytes or a size like '512MiB' or '2GB', "
+                              f"got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of bytes or a size like '512MiB', got {value!r}")
+    return value
+
+
 def _anything(name: str, value: Any) -> Any:
     return value
 
@@ -112,6 +144,9 @@ OPTIONS: dict[str, _Option] = {
     "progress_bar_options": _Option(None, _dict_or_none),
     "progress_bar_style": _Option(None, _choice(STYLES), _env.parse_str),
     "on_error": _Option("raise", _choice(ON_ERROR), _env.parse_str),
+    "retries": _Option(0, _non_negative_int, _env.parse_int),
+    "retry_backoff": _Option(0.0, _non_negative_seconds, _env.parse_float),
+    "max_worker_memory": _Option(None, _memory, _env.parse_str),
     "enable_insights": _Option(False, _flag, _env.parse_bool),
     "daemon": _Option(True, _flag, _env.parse_bool),
     "keep_alive": _Option(True, _flag, _env.parse_bool),
@@ -147,6 +182,9 @@ class Options:
     progress_bar_options: dict[str, Any] | None
     progress_bar_style: str | None
     on_error: str
+    retries: int
+    retry_backoff: float
+    max_worker_memory: int | None
     enable_insights: bool
     daemon: bool
     keep_alive: bool

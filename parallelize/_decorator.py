@@ -7,10 +7,12 @@ PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPo
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import functools
 import importlib
+import itertools
+import multiprocessing
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -21,6 +23,7 @@ from ._calls import apply_job, map_job, run
 from ._chunking import is_numpy_array
 from ._config import Options
 from ._engine import Engine, WorkerSettings
+from ._errors import ConfigError
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
@@ -140,7 +143,8 @@ class _Core:
             n_jobs=options.n_jobs, start_method=options.start_method, daemon=options.daemon, cpu_ids=options.cpu_ids,
             shared_objects=options.shared_objects, pass_worker_id=options.pass_worker_id,
             use_worker_state=options.worker_state, worker_init=options.worker_init, worker_exit=options.worker_exit,
-            worker_lifespan=options.worker_lifespan, insights=options.enable_insights,
+            worker_lifespan=options.worker_lifespan, max_worker_memory=options.max_worker_memory,
+            insights=options.enable_insights,
         )
 
     def resolve(self, call_options: dict[str, Any]) -> Options:
@@ -149,7 +153,15 @@ class _Core:
         return options
 
     def serial_mode(self, options: Options) -> bool:
-        return options.disabled or (in_worker() and not options.nested)
+        if options.disabled:
+            return True
+        if not in_worker():
+            return False
+        if options.nested and options.backend == "process" and multiprocessing.current_process().daemon:
+            raise ConfigError(f"{self.qualname}: nested=True starts a pool inside a worker, but this worker is a "
+                              "daemonic process, which may not have children: give the outer function "
+                              "daemon=False")
+        return not options.nested
 
     # --- maps ---
 
@@ -167,13 +179,15 @@ class _Core:
         engine.worker_exit_timeout = options.worker_exit_timeout
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
+                      retries=options.retries, retry_backoff=options.retry_backoff)
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
 
         def on_end(failed: bool) -> None:
             if not options.keep_alive:
                 self.holder.release(engine)
+            self.holder.call_ended()
 
         return run(engine, job, bar, on_end)
 
@@ -189,8 +203,21 @@ class _Core:
         if options.worker_init is not None:
             options.worker_init(*prefix)
         func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
-        # A numpy array is one task, as in a worker (a single chunk)
-        results = [func(iterable)] if is_numpy_array(iterable) else [call_item(func, item, 0) for item in iterable]
+        results: list[Any] = []
+        for item in iterable:
+            for attempt in itertools.count():
+                try:
+                    results.append(call_item(func, item, 0))
+                    break
+                except Exception as exc:
+                    if attempt < options.retries:
+                        time.sleep(options.retry_backoff * 2**attempt)  # the backoff the user asked for
+                        continue
+                    if options.on_error == "return":
+                        results.append(exc)
+                    elif options.on_error == "raise":
+                        raise
+                    break
         if options.worker_exit is not None:
             self.holder.exit_results = [options.worker_exit(*prefix)]
         return results
@@ -207,7 +234,7 @@ class _Core:
                 future.set_exception(exc)
             return future
         engine = self.holder.engine_for(self.settings(options))
-        job = apply_job(engine, target, args, kwargs, options.task_timeout)
+        job = apply_job(engine, target, args, kwargs, options.task_timeout, options.retries, options.retry_backoff)
 
         def finished(job: Job) -> None:
             if job.error is not None:
@@ -233,7 +260,10 @@ class _Core:
         engine = self.holder.engine_for(self.settings(options))
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout)
+                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
+                      retries=options.retries, retry_backoff=options.retry_backoff)
+        import asyncio  # here, not at the top: it costs ~15 ms of import time that sync users never need
+
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
@@ -340,6 +370,13 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
     def _self_core(self) -> _Core:  # type: ignore[override]
         return self._self_parent._self_core  # type: ignore[no-any-return]
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Like a bound method: the object it is bound to, and the attribute name.
+        owner = self._instance()
+        if owner is None:
+            owner = self._self_owner
+        return (getattr, (owner, self.__name__))
+
     def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
         return list(self._self_core.run_map(self._instance(), iterable, options, ordered=True))
 
@@ -415,6 +452,9 @@ def parallel(
     progress_bar_options: dict[str, Any] | None = ...,
     progress_bar_style: str | None = ...,
     on_error: str = ...,
+    retries: int = ...,
+    retry_backoff: float = ...,
+    max_worker_memory: int | str | None = ...,
     enable_insights: bool = ...,
     daemon: bool = ...,
     keep_alive: bool = ...,

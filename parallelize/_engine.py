@@ -10,13 +10,15 @@ nearest deadline (task/init/exit timeouts read from the workers' task clocks), t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
 from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
-from ._worker import CLOCK_TASK_INDEX, CLOCK_TASK_START, WorkerSpec
+from ._worker import CLOCK_CANCEL, CLOCK_INDEX, CLOCK_START_NS, CLOCK_TAG, WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
 
@@ -49,13 +51,14 @@ class WorkerSettings:
     worker_init: Callable[..., Any] | None = None
     worker_exit: Callable[..., Any] | None = None
     worker_lifespan: int | None = None
+    max_worker_memory: int | None = None
     insights: bool = False
 
     def same_workers(self, other: WorkerSettings) -> bool:
         """Equal settings, comparing objects by identity (an ndarray has no usable ==)."""
         return all(getattr(self, f) is getattr(other, f) or getattr(self, f) == getattr(other, f)
                    for f in ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worker_id", "use_worker_state",
-                             "worker_lifespan", "insights")) and all(
+                             "worker_lifespan", "max_worker_memory", "insights")) and all(
             getattr(self, f) is getattr(other, f) for f in ("shared_objects", "worker_init", "worker_exit"))
 
 
@@ -72,6 +75,7 @@ class _Slot:
     n_assigned: int = 0
     known_funcs: set[int] = field(default_factory=set)
     stop_sent: bool = False
+    init_failed: bool = False
     exited_cleanly: bool = False
     killed: bool = False
     exit_started_at: float | None = None
@@ -93,6 +97,8 @@ class Engine:
         self._cv = threading.Condition()
         self._driving = False
         self._async_jobs: set[Job] = set()
+        self._tags = itertools.count(1)
+        self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
         self.worker_init_timeout: float | None = None
         self.worker_exit_timeout: float | None = None
@@ -101,6 +107,12 @@ class Engine:
         self.insights = InsightsCollector(settings.n_jobs) if settings.insights else None
         self._stopping = False
         self.closed = False
+        self._pid = os.getpid()
+
+    @property
+    def usable(self) -> bool:
+        """Not closed, and in the process that started it (after os.fork() the child must start its own)."""
+        return not self.closed and self._pid == os.getpid()
 
     # --- public operations ---------------------------------------------------------------------------------------
 
@@ -120,6 +132,7 @@ class Engine:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
         if self.closed or self._stopping:
             raise RuntimeError("the pool has been stopped; start a new one")
+        job.finish_listeners.append(self._job_finished)
         with self._cv:
             self._incoming.append(job)
             if background:
@@ -136,6 +149,8 @@ class Engine:
                 while True:
                     if done():
                         return True
+                    if self.closed:
+                        return False  # nothing will ever happen again
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -155,27 +170,62 @@ class Engine:
 
         Workers still running after *timeout* seconds are killed.
         """
-        if self.closed:
+        if self.closed or self._pid != os.getpid():
             return []
         self._stopping = True
         self.backend.wakeup()
         try:
             self.drive(lambda: all(slot.key is None for slot in self._slots), timeout)
         finally:
-            self._close_backend(timeout=1.0)
+            with self._exclusive():
+                self._close_backend(timeout=1.0)
         return self.exit_results
 
     def terminate(self) -> None:
         """End every worker now: no exit hooks, in-flight work is lost."""
-        if self.closed:
+        if self.closed or self._pid != os.getpid():
             return
         self._stopping = True
-        for job in self._jobs + self._incoming:
-            job.cancel()
-        for slot in self._slots:
-            if slot.key is not None:
-                slot.killed = True
-        self._close_backend(timeout=0.0)
+        with self._exclusive():
+            for job in self._jobs + self._incoming:
+                job.cancel()
+            for slot in self._slots:
+                if slot.key is not None:
+                    slot.killed = True
+            self._close_backend(timeout=0.0)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the driver's role (waking the current driver up to hand it over): nobody else touches the
+        backend meanwhile."""
+        with self._cv:
+            while self._driving:
+                self.backend.wakeup()
+                self._cv.wait(0.05)
+            self._driving = True
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._driving = False
+                self._cv.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted."""
+        job.cancel()
+        self.backend.wakeup()
+        if not self.closed:
+            # Become the driver for a moment if nobody is, so the interruption reaches the workers now.
+            self.drive(lambda: job not in self._to_cancel, timeout=1.0)
+
+    def abort(self) -> None:
+        """After Ctrl-C: end every worker at once. A second Ctrl-C does not stop the cleanup."""
+        while True:
+            try:
+                self.terminate()
+                return
+            except KeyboardInterrupt:
+                continue
 
     def is_idle(self) -> bool:
         return not self._jobs and not self._incoming and all(not s.inflight for s in self._slots)
@@ -190,6 +240,7 @@ class Engine:
             if self._incoming:
                 self._jobs.extend(self._incoming)
                 self._incoming.clear()
+        self._interrupt_cancelled()
         self._dispatch()
         wait = self._time_to_deadline()
         if timeout is not None:
@@ -199,11 +250,25 @@ class Engine:
                 self._on_message(event.key, event.message)
             else:
                 assert type(event) is Exited
-                self._on_exit(event.key, event.exitcode)
+                self._on_exit(event.key, event.exitcode, event.clock)
         self._enforce_deadlines()
+        self._interrupt_cancelled()
         if self._jobs:
             self._jobs = [job for job in self._jobs if not job.finished]
         self._dispatch()
+
+    def _job_finished(self, job: Job) -> None:
+        if job.error is not None or job.cancelled:
+            self._to_cancel.append(job)
+
+    def _interrupt_cancelled(self) -> None:
+        """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`)."""
+        while self._to_cancel:
+            job = self._to_cancel.pop()
+            for slot in self._slots:
+                if slot.key is not None and any(j is job for j, _ in slot.inflight):
+                    self.backend.clock(slot.key)[CLOCK_CANCEL] = job.id + 1
+                    self.backend.interrupt(slot.key)
 
     def _dispatch(self) -> None:
         if self._stopping:
@@ -249,6 +314,7 @@ class Engine:
                 self._func_payloads[chunk.func_id] = payload
             self.backend.send(slot.key, RegisterFunc(chunk.func_id, payload))
             slot.known_funcs.add(chunk.func_id)
+        chunk = chunk._replace(tag=next(self._tags))
         try:
             self.backend.send(slot.key, chunk)
         except Exception as exc:
@@ -275,6 +341,7 @@ class Engine:
             worker_init=settings.worker_init,
             worker_exit=settings.worker_exit,
             lifespan=settings.worker_lifespan,
+            max_memory=settings.max_worker_memory,
             insights=settings.insights,
             cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
             created_at=time.time(),
@@ -303,7 +370,10 @@ class Engine:
         kind = type(message)
         if kind is ChunkDone:
             job, chunk = slot.inflight.popleft()
-            job.complete(chunk, message.values, message.failure, message.duration)
+            if message.cancelled and not job.finished:
+                job.requeue(chunk)  # interrupted by a cancellation meant for another job
+            else:
+                job.complete(chunk, message.values, message.failures, message.duration)
             if self.insights is not None and message.stats is not None:
                 self.insights.update(slot.worker_id, key, message.stats)
             if not slot.inflight and (slot.stop_sent or self._lifespan_reached(slot)):
@@ -313,9 +383,14 @@ class Engine:
             if self.insights is not None:
                 self.insights.started(slot.worker_id, message.start_up_time, message.init_time)
             if message.failure is not None:
+                slot.init_failed = True
                 self._fail_all(unpack_exception(message.failure))
         elif kind is WorkerExited:
             slot.exited_cleanly = True
+            if message.reason == "memory":
+                logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
+                               "restarted", slot.worker_id, slot.pid, message.rss / 2**20,
+                               (self.settings.max_worker_memory or 0) / 2**20)
             if self.settings.worker_exit is not None:
                 self.exit_results.append(message.exit_result)
             if self.insights is not None:
@@ -325,7 +400,7 @@ class Engine:
                 self.exit_errors.append(error)
                 self._fail_all(error)
 
-    def _on_exit(self, key: int, exitcode: int | None) -> None:
+    def _on_exit(self, key: int, exitcode: int | None, clock: tuple[int, ...]) -> None:
         slot = self._by_key.pop(key, None)
         if slot is None:
             return
@@ -333,21 +408,24 @@ class Engine:
         slot.inflight.clear()
         if orphans and not slot.killed and not slot.exited_cleanly:
             job, chunk = orphans.pop(0)
-            job.requeue(chunk)
-            job.fail(self._death_error(slot, chunk, exitcode))
+            position = clock[CLOCK_INDEX] if clock[CLOCK_TAG] == chunk.tag else None
+            job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:
             job.requeue(chunk)
-        if slot.ready and not slot.exited_cleanly and not slot.killed and not self._stopping:
+        if slot.ready and not (slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping):
             logger.warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
                            slot.worker_id, slot.pid, _describe_exitcode(exitcode))
         self._slots[slot.worker_id] = _Slot(slot.worker_id)
 
-    def _death_error(self, slot: _Slot, chunk: RunChunk, exitcode: int | None) -> WorkerDiedError:
-        items = f"item {chunk.start}" if len(chunk.items) == 1 else \
-            f"items {chunk.start}..{chunk.start + len(chunk.items) - 1}"
+    def _death_error(self, slot: _Slot, chunk: RunChunk, position: int | None,
+                     exitcode: int | None) -> WorkerDiedError:
+        if position is None:
+            what = "before starting its next chunk"
+        else:
+            what = f"while running task {chunk.start + position} ({describe_unpicklable(chunk.items[position])})"
         return WorkerDiedError(
-            f"worker {slot.worker_id} (pid {slot.pid}) died with {_describe_exitcode(exitcode)} while running "
-            f"{items}{_exit_hint(exitcode)}"
+            f"worker {slot.worker_id} (pid {slot.pid}) died with {_describe_exitcode(exitcode)} {what}"
+            f"{_exit_hint(exitcode)}"
         )
 
     def _fail_all(self, error: BaseException) -> None:
@@ -369,25 +447,33 @@ class Engine:
                 if self.worker_init_timeout is not None:
                     out.append((slot.started_at + self.worker_init_timeout, slot, "init"))
             elif slot.inflight:
-                job, _ = slot.inflight[0]
+                job, chunk = slot.inflight[0]
                 if job.task_timeout is not None:
-                    started = self.backend.clock(slot.key)[CLOCK_TASK_START]
-                    if started:
-                        out.append((started + job.task_timeout, slot, "task"))
+                    clock = self.backend.clock(slot.key)
+                    started = clock[CLOCK_START_NS]
+                    if started and clock[CLOCK_TAG] == chunk.tag:
+                        out.append((started / 1e9 + job.task_timeout, slot, "task"))
+                    else:
+                        # Not started yet (or between two tasks): its deadline is at least a timeout away.
+                        # Wake up then to read the clock again; never late, and no busy polling.
+                        out.append((time.monotonic() + job.task_timeout, slot, "recheck"))
             elif slot.exit_started_at is not None and self.worker_exit_timeout is not None:
                 out.append((slot.exit_started_at + self.worker_exit_timeout, slot, "exit"))
         return out
 
     def _time_to_deadline(self) -> float | None:
-        deadlines = self._deadlines()
-        if not deadlines:
+        times = [d for d, _, _ in self._deadlines()]
+        times.extend(t for job in self._jobs if (t := job.next_retry_at()) is not None)
+        if not times:
             return None
-        return max(0.0, min(d for d, _, _ in deadlines) - time.monotonic())
+        return max(0.0, min(times) - time.monotonic())
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         for deadline, slot, what in self._deadlines():
             if deadline > now:
+                continue
+            if what == "recheck":
                 continue
             if what == "task":
                 self._task_timed_out(slot)
@@ -407,15 +493,14 @@ class Engine:
 
     def _task_timed_out(self, slot: _Slot) -> None:
         assert slot.key is not None
-        job, chunk = slot.inflight[0]
-        index = chunk.start + int(self.backend.clock(slot.key)[CLOCK_TASK_INDEX])
-        item = chunk.items[index - chunk.start]
-        where = "" if self.backend.supports_kill else " (a thread cannot be interrupted: it runs on, disowned)"
+        job, chunk = slot.inflight.popleft()
+        position = self.backend.clock(slot.key)[CLOCK_INDEX]
+        note = "" if self.backend.supports_kill else " (a thread cannot be interrupted: it runs on, disowned)"
         error = TaskTimeoutError(
-            f"task {index} ({describe_unpicklable(item)}) ran longer than task_timeout={job.task_timeout}s; "
-            f"worker {slot.worker_id} (pid {slot.pid}) was stopped{where}")
+            f"task {chunk.start + position} ({describe_unpicklable(chunk.items[position])}) ran longer than "
+            f"task_timeout={job.task_timeout}s; worker {slot.worker_id} (pid {slot.pid}) was stopped{note}")
         self._kill(slot)
-        job.fail(error)
+        job.lost(chunk, position, error)
 
     def _kill(self, slot: _Slot) -> None:
         assert slot.key is not None
@@ -425,13 +510,21 @@ class Engine:
     # --- background driving and shutdown ----------------------------------------------------------------------------
 
     def _ensure_background_driver(self) -> None:
-        if self._background is not None and self._background.is_alive():
+        # Called with self._cv held; the driver clears self._background under the same lock when it quits, so a
+        # job added at that moment always gets a new driver.
+        if self._background is not None:
             return
         self._background = threading.Thread(target=self._drive_async_jobs, name="parallelize-driver", daemon=True)
         self._background.start()
 
     def _drive_async_jobs(self) -> None:
-        self.drive(lambda: not self._async_jobs or self.closed)
+        def nothing_left() -> bool:  # evaluated with self._cv held
+            if self._async_jobs and not self.closed:
+                return False
+            self._background = None
+            return True
+
+        self.drive(nothing_left)
 
     def _async_job_finished(self, job: Job) -> None:
         self._async_jobs.discard(job)  # runs inside a step, i.e. with the driver's role held

@@ -44,8 +44,9 @@ def parse_bool(variable: str, text: str) -> bool:
     raise ConfigError(f"{variable}={text!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off")
 
 
-def parse_str(variable: str, text: str) -> str:
-    return text.strip()
+def parse_str(variable: str, text: str) -> str | None:
+    value = text.strip()
+    return None if value.lower() in _NONE else value
 
 
 Parser = Callable[[str, str], Any]

@@ -69,6 +69,19 @@ class InsightsCollector:
         out["top_5_max_task_args"] = [args for _, args in slowest]
         return out
 
+    def as_mpire_dict(self) -> dict[str, Any]:
+        """as_dict() with durations as "H:MM:SS.mmm" strings and task arguments as "Arg 0: ..." (MPIRE's form)."""
+        data = self.as_dict()
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "top_5_max_task_args" or key.endswith("_ratio") or key == "n_completed_tasks":
+                out[key] = value
+            elif isinstance(value, list):
+                out[key] = [_clock_text(v) for v in value]
+            else:
+                out[key] = _clock_text(value)
+        return out
+
     def format(self) -> str:
         """A human-readable summary of as_dict()."""
         data = self.as_dict()
@@ -95,6 +108,14 @@ class InsightsCollector:
             for duration, args in zip(data["top_5_max_task_durations"], data["top_5_max_task_args"], strict=True):
                 lines.append(f"  {_fmt(duration):>12}  {args}")
         return "\n".join(lines)
+
+
+def _clock_text(seconds: float) -> str:
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
 
 
 def _merge(a: WorkerStats, b: WorkerStats) -> WorkerStats:

@@ -1,12 +1,20 @@
 """One call (a map, an imap, an apply): feeds chunks, puts results in order, applies the error policy.
 
-A Job never touches workers or pipes; the engine asks it for the next chunk and hands it each ChunkDone.
-Bookkeeping is per chunk: nothing here runs once per task.
+A Job never touches workers or pipes; the engine asks it for the next chunk and reports what became of each
+dispatched chunk: done (with per-item failures), lost with its worker (died, timed out), or to be sent again.
+Bookkeeping is per chunk; only failures cost per-item work.
+
+Error policy (on_error): "raise" fails the whole job at the first error; "return" puts the exception object in
+place of the result; "skip" drops the item. With retries=N a failing item (exception, worker death, timeout)
+is sent again up to N times first, waiting backoff * 2**attempt seconds before each new attempt.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +22,21 @@ from typing import Any
 from ._chunking import ChunkSizer
 from ._messages import RunChunk
 from ._serialize import TaskFailure, unpack_exception
+
+ON_ERROR_POLICIES = ("raise", "return", "skip")
+_PENDING = object()  # a slot of a partly done chunk still waiting for its result
+_SKIPPED = object()  # a failed item dropped by on_error="skip"
+
+
+class _Partial:
+    """A chunk whose items come back in pieces (after a failure, a retry, or its worker's death)."""
+
+    __slots__ = ("remaining", "start", "values")
+
+    def __init__(self, start: int, size: int) -> None:
+        self.start = start
+        self.values: list[Any] = [_PENDING] * size
+        self.remaining = size
 
 
 class Job:
@@ -30,6 +53,9 @@ class Job:
         max_active: int | None = None,
         slot_of_chunk: Callable[[int], int] | None = None,
         task_timeout: float | None = None,
+        on_error: str = "raise",
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> None:
         self.id = job_id
         self.func_id = func_id
@@ -39,10 +65,19 @@ class Job:
         self.max_active = max_active
         self.slot_of_chunk = slot_of_chunk  # order_tasks: chunk i may only go to worker slot_of_chunk(i)
         self.task_timeout = task_timeout
+        self.on_error = on_error
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.keep_going = on_error != "raise" or retries > 0
         self._chunks = chunks
-        self._next_start = 0
         self._sizer = sizer
+        self._next_start = 0
         self._requeued: deque[RunChunk] = deque()
+        self._delayed: list[tuple[float, int, RunChunk]] = []  # retries waiting for their backoff
+        self._delay_seq = itertools.count()
+        self._attempts: dict[int, int] = {}  # input index -> failed attempts so far
+        self._partials: dict[int, _Partial] = {}
+        self._sizes: dict[int, tuple[int, int]] = {}  # chunk_id -> (start, size) of chunks in flight
         self._next_chunk_id = 0
         self._emit_next = 0
         self._completed: dict[int, list[Any]] = {}
@@ -56,6 +91,7 @@ class Job:
         self.progress_listeners: list[Callable[[int], None]] = []
         self.finish_listeners: list[Callable[[Job], None]] = []
         self.done_event = threading.Event()
+        self._ending = False  # set as soon as the job ends, before its listeners run
 
     # --- asked by the engine ------------------------------------------------------------------------------------
 
@@ -63,10 +99,16 @@ class Job:
         """The id of the chunk take() would return next (order_tasks routes by it)."""
         return self._requeued[0].chunk_id if self._requeued else self._next_chunk_id
 
+    def next_retry_at(self) -> float | None:
+        """When the earliest delayed retry may be sent (time.monotonic()), if any."""
+        return self._delayed[0][0] if self._delayed and not self.finished else None
+
     def take(self) -> RunChunk | None:
         """The next chunk to dispatch, or None when there is nothing to send right now."""
-        if self.error is not None or self.cancelled:
+        if self.finished:
             return None
+        while self._delayed and self._delayed[0][0] <= time.monotonic():
+            self._requeued.append(heapq.heappop(self._delayed)[2])
         if self._requeued:
             chunk = self._requeued.popleft()
         else:
@@ -84,10 +126,9 @@ class Job:
                 self.exhausted = True
                 self.fail(exc)
                 return None
-            chunk = RunChunk(
-                self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                self.task_timeout is not None,
-            )
+            chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
+                             self.task_timeout is not None, self.keep_going, 0)
+            self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
         self.n_active_chunks += 1
@@ -95,37 +136,59 @@ class Job:
         return chunk
 
     def requeue(self, chunk: RunChunk) -> None:
-        """A dispatched chunk must be sent again (its worker was stopped before it started on it)."""
+        """A dispatched chunk must be sent again as it is (its worker ended before starting it)."""
         self._release(chunk)
         if not self.finished:
             self._requeued.append(chunk)
 
-    def complete(self, chunk: RunChunk, values: list[Any], failure: TaskFailure | None, duration: float) -> None:
+    def complete(self, chunk: RunChunk, values: list[Any], failures: list[TaskFailure] | None,
+                 duration: float) -> None:
+        """A worker finished *chunk*. Without keep_going, *values* stop at the first failure."""
         self._release(chunk)
         if self.finished:
             return  # a chunk of a failed or cancelled job: its results are not wanted
-        if failure is not None:
-            self.fail(unpack_exception(failure))
+        if failures is None and chunk.chunk_id not in self._partials and len(values) == len(chunk.items):
+            if self._sizer is not None:
+                self._sizer.observe(len(chunk.items), duration)
+            self._chunk_done(chunk.chunk_id, values)
             return
-        if self._sizer is not None:
-            self._sizer.observe(len(chunk.items), duration)
-        if self.ordered:
-            self._completed[chunk.chunk_id] = values
-            while self._emit_next in self._completed:
-                self._ready.append(self._completed.pop(self._emit_next))
-                self._emit_next += 1
-        else:
-            self._ready.append(values)
-        self.n_completed_tasks += len(values)
-        for listener in self.progress_listeners:
-            listener(len(values))
-        self._check_finished()
+        failed = {f.position: f for f in failures or ()}
+        for position in range(len(chunk.items)):
+            if position in failed:
+                self._item_failed(chunk, position, unpack_exception(failed[position]))
+            elif position < len(values):
+                self._fill(chunk, position, values[position])
+            else:
+                break  # never ran (no keep_going): the job has failed above
+            if self._ending:  # the policy ended the job
+                return
+
+    def lost(self, chunk: RunChunk, position: int | None, error: BaseException) -> None:
+        """*chunk*'s worker ended while running item *position* (None: before starting the chunk).
+
+        That item fails with *error*; the items before it (whose results died with the worker) and after it are
+        sent again.
+        """
+        self._release(chunk)
+        if self.finished:
+            return
+        if position is None:
+            self._requeued.append(chunk)
+            return
+        self._item_failed(chunk, position, error)
+        if self._ending:
+            return
+        for part in (slice(0, position), slice(position + 1, len(chunk.items))):
+            items = chunk.items[part]
+            if items:
+                self._requeued.append(chunk._replace(items=items, start=chunk.start + (part.start or 0)))
 
     def fail(self, error: BaseException) -> None:
         """Record the first error; the job stops dispatching and ends as soon as possible."""
-        if self.error is None and not self.finished:
+        if not self.finished:
             self.error = error
             self._requeued.clear()
+            self._delayed.clear()
             self._notify_finished()
 
     def cancel(self) -> None:
@@ -133,13 +196,14 @@ class Job:
         if not self.finished:
             self.cancelled = True
             self._requeued.clear()
+            self._delayed.clear()
             self._notify_finished()
 
     # --- asked by the caller -------------------------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
-        return self.done_event.is_set()
+        return self._ending
 
     def has_ready(self) -> bool:
         return bool(self._ready)
@@ -155,15 +219,67 @@ class Job:
 
     # --- internals -------------------------------------------------------------------------------------------------
 
+    def _item_failed(self, chunk: RunChunk, position: int, error: BaseException) -> None:
+        index = chunk.start + position
+        attempts = self._attempts.get(index, 0)
+        if attempts < self.retries:
+            self._attempts[index] = attempts + 1
+            retry = chunk._replace(items=chunk.items[position:position + 1], start=index)
+            self._partial(chunk)  # the retry's result fills its place
+            delay = self.retry_backoff * (2 ** attempts)
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_seq), retry))
+            return
+        if self.on_error == "return":
+            self._fill(chunk, position, error)
+        elif self.on_error == "skip":
+            self._fill(chunk, position, _SKIPPED)
+        else:
+            self.fail(error)
+
+    def _partial(self, chunk: RunChunk) -> _Partial:
+        partial = self._partials.get(chunk.chunk_id)
+        if partial is None:
+            start, size = self._sizes[chunk.chunk_id]
+            partial = self._partials[chunk.chunk_id] = _Partial(start, size)
+        return partial
+
+    def _fill(self, chunk: RunChunk, position: int, value: Any) -> None:
+        partial = self._partial(chunk)
+        slot = chunk.start + position - partial.start
+        if partial.values[slot] is _PENDING:
+            partial.remaining -= 1
+        partial.values[slot] = value
+        if partial.remaining == 0:
+            del self._partials[chunk.chunk_id]
+            self._chunk_done(chunk.chunk_id, [v for v in partial.values if v is not _SKIPPED])
+
+    def _chunk_done(self, chunk_id: int, values: list[Any]) -> None:
+        _, size = self._sizes.pop(chunk_id)
+        if self.ordered:
+            self._completed[chunk_id] = values
+            while self._emit_next in self._completed:
+                self._ready.append(self._completed.pop(self._emit_next))
+                self._emit_next += 1
+        else:
+            self._ready.append(values)
+        self.n_completed_tasks += size
+        for listener in self.progress_listeners:
+            listener(size)
+        self._check_finished()
+
     def _release(self, chunk: RunChunk) -> None:
         self.n_active_chunks -= 1
         self.n_active_tasks -= len(chunk.items)
 
     def _check_finished(self) -> None:
-        if self.exhausted and not self._requeued and self.n_active_chunks == 0 and not self.finished:
+        if (self.exhausted and not self._requeued and not self._delayed and self.n_active_chunks == 0
+                and not self._partials and not self.finished):
             self._notify_finished()
 
     def _notify_finished(self) -> None:
-        self.done_event.set()
+        self._ending = True
+        # Listeners first (AsyncResult stores its value, callbacks run), then the job counts as finished: whoever
+        # sees it finished sees everything the listeners did.
         for listener in self.finish_listeners:
             listener(self)
+        self.done_event.set()

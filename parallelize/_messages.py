@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 from ._serialize import TaskFailure
 
 # How a worker turns one item into a call of the task function.
-CALL_UNPACK = 0  # MPIRE rule: tuple -> f(*item), dict -> f(**item), anything else -> f(item)
+CALL_UNPACK = 0  # decorator rule: tuple -> f(*item), dict -> f(**item), anything else -> f(item)
 CALL_APPLY = 1  # item is (args, kwargs) -> f(*args, **kwargs)
+CALL_MPIRE = 2  # MPIRE's rule: dict -> f(**item); str, bytes, ndarray -> f(item); other iterables -> f(*item)
 
 
 class RegisterFunc(NamedTuple):
@@ -29,8 +30,10 @@ class RunChunk(NamedTuple):
     func_id: int
     call_mode: int
     items: list[Any]
-    start: int  # input index of items[0], for error messages
-    tracked: bool  # publish each task's start on the worker's clock (the job has a task timeout)
+    start: int  # input index of items[0]
+    tracked: bool  # publish each task's start time on the worker's clock (the job has a task timeout)
+    keep_going: bool  # after a failing item, go on with the rest of the chunk (on_error return/skip, retries)
+    tag: int  # unique per dispatch: tells the parent which chunk the worker's clock is about
 
 
 class Stop(NamedTuple):
@@ -58,10 +61,10 @@ class WorkerReady(NamedTuple):
 
 
 class ChunkDone(NamedTuple):
-    job_id: int
-    chunk_id: int
-    values: list[Any]  # results of the items before the first failure (all of them if failure is None)
-    failure: TaskFailure | None
+    tag: int
+    values: list[Any]  # one per item (None where an item failed), or, without keep_going, up to the failure
+    failures: list[TaskFailure] | None
+    cancelled: bool  # the parent cancelled the job while this chunk ran; values are incomplete
     duration: float  # seconds the worker spent on the chunk (drives adaptive chunk sizes)
     stats: WorkerStats | None
 
@@ -72,3 +75,5 @@ class WorkerExited(NamedTuple):
     exit_time: float
     failure: TaskFailure | None  # worker_exit raised
     stats: WorkerStats | None
+    reason: str  # "stop" (asked), "lifespan" (worker_lifespan reached), "memory" (max_worker_memory exceeded)
+    rss: int  # resident memory in bytes when the worker decided to end (0 if not measured)

@@ -27,6 +27,7 @@ class PoolHolder:
         self.name = name
         self.lock = threading.RLock()
         self.engine: Engine | None = None
+        self.retiring: list[Engine] = []  # replaced while calls still ran on them; stopped once idle
         self.exit_results: list[Any] = []
         _holders.add(self)
 
@@ -34,11 +35,14 @@ class PoolHolder:
         """The live engine if its workers fit *settings*, else a new one (the old one is stopped first)."""
         with self.lock:
             engine = self.engine
-            if engine is not None and (engine.closed or not engine.settings.same_workers(settings)):
-                if not engine.closed:
+            if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
+                if engine.usable:
                     logger.debug("parallelize: %s: worker settings changed, starting new workers", self.name)
                 self.engine = None
-                self._stop(engine)
+                if engine.usable and not engine.is_idle():
+                    self.retiring.append(engine)  # another call (a thread, an open imap) still runs on it
+                else:
+                    self._stop(engine)
                 engine = None
             if engine is None:
                 engine = self.engine = Engine(settings)
@@ -49,12 +53,25 @@ class PoolHolder:
         with self.lock:
             if self.engine is engine:
                 self.engine = None
-            self._stop(engine)
+            if engine.is_idle():
+                self._stop(engine)
+            elif engine not in self.retiring:
+                self.retiring.append(engine)
+
+    def call_ended(self) -> None:
+        """Stop replaced engines that no call uses any more."""
+        with self.lock:
+            for engine in [e for e in self.retiring if e.is_idle()]:
+                self.retiring.remove(engine)
+                self._stop(engine)
 
     def close(self, timeout: float | None = None) -> list[Any]:
         """Stop the workers (running their exit hooks); returns the exit results."""
         with self.lock:
             engine, self.engine = self.engine, None
+            retiring, self.retiring = self.retiring, []
+            for old in retiring:
+                self._stop(old, timeout)
             if engine is not None:
                 self._stop(engine, timeout)
             return list(self.exit_results)
@@ -62,6 +79,7 @@ class PoolHolder:
     def forget(self) -> None:
         """In a forked child: the parent's workers are not ours to stop."""
         self.engine = None
+        self.retiring = []
 
     def _stop(self, engine: Engine, timeout: float | None = None) -> None:
         engine.wait_async_jobs(timeout)

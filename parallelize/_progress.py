@@ -42,7 +42,7 @@ class ProgressBar:
 
     def close(self, *, failed: bool = False) -> None:
         if failed and hasattr(self._bar, "set_description_str"):
-            self._bar.set_description_str((self._bar.desc or "") + " (failed)")
+            self._bar.set_description_str((self._bar.desc or "") + " (failed)", refresh=False)
         self._bar.close()
 
 

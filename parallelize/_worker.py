@@ -3,6 +3,11 @@
 The same loop runs in a worker process and in a worker thread; a Channel hides which. The parent tells the
 worker what to do with RunChunk / RegisterFunc / STOP messages and hears back ChunkDone / WorkerReady /
 WorkerExited (see _messages).
+
+The worker publishes what it is doing on its *clock*, a few int64 slots in shared memory the parent can read at
+any time without a message: which chunk (CLOCK_TAG) and which item of it (CLOCK_INDEX) is running, and when that
+item started (CLOCK_START_NS, only for jobs with a task timeout). That is how the parent names the exact task
+that was running when a worker died or timed out, at the cost of one memory write per task.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import functools
 import heapq
 import threading
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._chunking import is_numpy_array
 from ._messages import (
     CALL_APPLY,
+    CALL_MPIRE,
     ChunkDone,
     RegisterFunc,
     RunChunk,
@@ -27,12 +34,13 @@ from ._messages import (
 )
 from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception
 
-# Slots of the per-worker task clock (shared memory for processes): the parent reads it to enforce task
-# timeouts without any per-task message. A start time of 0.0 means "not running a task".
-CLOCK_TASK_START = 0
-CLOCK_TASK_INDEX = 1
-CLOCK_SIZE = 2
+CLOCK_START_NS = 0  # time.monotonic_ns() when the running task started; 0 when none (tracked jobs only)
+CLOCK_INDEX = 1  # position in its chunk of the running (or last) task
+CLOCK_TAG = 2  # tag of the chunk being run; 0 between chunks
+CLOCK_CANCEL = 3  # written by the parent: 1 + id of a job whose chunks must stop
+CLOCK_SIZE = 4
 
+MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
 
 _thread_state = threading.local()
 in_worker_process = False  # set in worker processes (and inherited by their forked children)
@@ -43,6 +51,14 @@ def in_worker() -> bool:
     return in_worker_process or getattr(_thread_state, "active", False)
 
 
+class Clock(Protocol):
+    """Int64 slots shared with the parent (a memoryview of shared memory, or a list for thread workers)."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
 class Channel(Protocol):
     def recv(self) -> Any: ...
 
@@ -51,6 +67,11 @@ class Channel(Protocol):
 
 class ResultUnpicklable(Exception):
     """Raised by a Channel whose send() could not serialise a message."""
+
+
+class ChunkCancelled(BaseException):
+    """Raised inside a running task when the parent cancels its job (a BaseException: `except Exception`
+    in user code must not swallow it)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,7 @@ class WorkerSpec:
     worker_init: Callable[..., Any] | None = None
     worker_exit: Callable[..., Any] | None = None
     lifespan: int | None = None  # tasks after which the worker ends itself
+    max_memory: int | None = None  # bytes of RSS after which the worker ends itself (checked between chunks)
     insights: bool = False
     cpu_ids: tuple[int, ...] | None = None
     created_at: float = 0.0  # time.time() when the parent started the worker
@@ -96,19 +118,46 @@ class _Insights:
         return WorkerStats(self.n_completed, self.waiting_time, self.working_time, slowest)
 
 
+_WHOLE_TYPES = (int, float, complex, bool, str, bytes, type(None))
+
+
 def call_item(func: Callable[..., Any], item: Any, call_mode: int) -> Any:
-    """Call *func* on one item the way MPIRE does (or as an apply call)."""
+    """Call *func* on one item according to the call mode (see _messages.CALL_*)."""
     if call_mode == CALL_APPLY:
         args, kwargs = item
         return func(*args, **kwargs)
-    if isinstance(item, tuple):
-        return func(*item)
     if isinstance(item, dict):
         return func(**item)
+    if call_mode == CALL_MPIRE:
+        if type(item) in _WHOLE_TYPES or isinstance(item, str | bytes) or is_numpy_array(item):
+            return func(item)
+        if isinstance(item, Iterable):
+            return func(*item)
+        return func(item)
+    if isinstance(item, tuple):
+        return func(*item)
     return func(item)
 
 
-def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]) -> None:
+
+class _Running:
+    """What the cancel signal handler needs to know: is user code running, and for which job."""
+
+    in_tasks = False
+    job_id = -1
+
+
+def cancel_signal_handler(clock: Clock) -> Callable[[int, Any], None]:
+    """A signal handler that interrupts the running task if its job is the one the parent cancelled."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if _Running.in_tasks and clock[CLOCK_CANCEL] == _Running.job_id + 1:
+            raise ChunkCancelled
+
+    return handler
+
+
+def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     """The worker's whole life. Returns when told to stop, after its lifespan, or when the parent is gone."""
     started = time.time()
     _thread_state.active = True
@@ -149,7 +198,19 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]
         return func
 
     n_done = 0
-    while spec.lifespan is None or n_done < spec.lifespan:
+    reason = "stop"
+    rss = 0
+    next_memory_check = 0.0
+    while True:
+        if spec.lifespan is not None and n_done >= spec.lifespan:
+            reason = "lifespan"
+            break
+        if spec.max_memory is not None and time.monotonic() >= next_memory_check:
+            next_memory_check = time.monotonic() + MEMORY_CHECK_INTERVAL
+            rss = _rss()
+            if rss > spec.max_memory:
+                reason = "memory"
+                break
         t_wait = time.perf_counter()
         try:
             message = channel.recv()
@@ -158,14 +219,10 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]
         if insights is not None:
             insights.waiting_time += time.perf_counter() - t_wait
         if type(message) is RunChunk:
-            func = lookup(message.func_id)
             t_chunk = time.perf_counter()
-            if message.tracked or insights is not None:
-                values, failure = _run_chunk_tracked(func, message, clock, insights)
-            else:
-                values, failure = _run_chunk_fast(func, message)
-            n_done += len(values) + (failure is not None)
-            _send_result(channel, message, values, failure, time.perf_counter() - t_chunk, insights)
+            values, failures, cancelled = _run_chunk(lookup(message.func_id), message, clock, insights)
+            n_done += len(message.items)
+            _send_result(channel, message, values, failures, cancelled, time.perf_counter() - t_chunk, insights)
         elif type(message) is RegisterFunc:
             functions[message.func_id] = loads(message.payload)
             bound.pop(message.func_id, None)
@@ -186,88 +243,147 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: MutableSequence[float]
         exit_time = time.perf_counter() - t0
     stats = insights.snapshot() if insights is not None else None
     try:
-        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats))
+        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss))
     except ResultUnpicklable as exc:
         failure = pack_exception(exc)
-        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats))
+        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss))
 
 
-def _run_chunk_fast(func: Callable[..., Any], chunk: RunChunk) -> tuple[list[Any], TaskFailure | None]:
-    """The hot loop: no clock, no timing. The failing index is the number of results so far."""
-    values: list[Any] = []
-    append = values.append
-    try:
-        if chunk.call_mode == CALL_APPLY:
-            for args, kwargs in chunk.items:
-                append(func(*args, **kwargs))
-        else:
-            for item in chunk.items:
-                if isinstance(item, tuple):
-                    append(func(*item))
-                elif isinstance(item, dict):
-                    append(func(**item))
-                else:
-                    append(func(item))
-    except BaseException as exc:
-        return values, pack_exception(exc, len(values))
-    return values, None
-
-
-def _run_chunk_tracked(
+def _run_chunk(
     func: Callable[..., Any],
     chunk: RunChunk,
-    clock: MutableSequence[float],
+    clock: Clock,
     insights: _Insights | None,
-) -> tuple[list[Any], TaskFailure | None]:
-    """Like the fast loop, but publishes each task's start on the clock and times it when asked."""
+) -> tuple[list[Any], list[TaskFailure] | None, bool]:
+    """(values, failures, cancelled). The common case is the first loop: one clock write per task."""
+    if clock[CLOCK_CANCEL] == chunk.job_id + 1:
+        return [], None, True  # cancelled before it started
+    clock[CLOCK_TAG] = chunk.tag
+    _Running.job_id = chunk.job_id
     values: list[Any] = []
+    try:
+        _Running.in_tasks = True
+        if not (chunk.tracked or chunk.keep_going or insights is not None):
+            append = values.append
+            index = 0
+            try:
+                if chunk.call_mode == CALL_APPLY:
+                    for index, (args, kwargs) in enumerate(chunk.items):
+                        clock[CLOCK_INDEX] = index
+                        append(func(*args, **kwargs))
+                elif chunk.call_mode == CALL_MPIRE:
+                    for index, item in enumerate(chunk.items):
+                        clock[CLOCK_INDEX] = index
+                        if type(item) is tuple:
+                            append(func(*item))
+                        else:
+                            append(call_item(func, item, CALL_MPIRE))
+                else:
+                    for index, item in enumerate(chunk.items):
+                        clock[CLOCK_INDEX] = index
+                        if isinstance(item, tuple):
+                            append(func(*item))
+                        elif isinstance(item, dict):
+                            append(func(**item))
+                        else:
+                            append(func(item))
+            except ChunkCancelled:
+                return values, None, True
+            except BaseException as exc:
+                return values, [pack_exception(exc, index)], False
+            return values, None, False
+        return _run_chunk_careful(func, chunk, clock, insights, values)
+    except ChunkCancelled:  # arrived between two tasks
+        return values, None, True
+    finally:
+        _Running.in_tasks = False  # first: the cancel signal must not fire in the bookkeeping below
+        clock[CLOCK_TAG] = 0
+
+
+def _run_chunk_careful(
+    func: Callable[..., Any],
+    chunk: RunChunk,
+    clock: Clock,
+    insights: _Insights | None,
+    values: list[Any],
+) -> tuple[list[Any], list[TaskFailure] | None, bool]:
+    """Per-task start times (timeouts), timings (insights), and going on after failures (keep_going)."""
+    failures: list[TaskFailure] = []
     call_mode = chunk.call_mode
+    tracked = chunk.tracked
     perf = time.perf_counter
-    for index, item in enumerate(chunk.items):
-        clock[CLOCK_TASK_INDEX] = float(index)
-        clock[CLOCK_TASK_START] = time.monotonic()
-        t0 = perf()
-        try:
-            values.append(call_item(func, item, call_mode))
-        except BaseException as exc:
-            clock[CLOCK_TASK_START] = 0.0
-            return values, pack_exception(exc, index)
-        if insights is not None:
-            insights.record(perf() - t0, item)
-    clock[CLOCK_TASK_START] = 0.0
-    return values, None
+    try:
+        for index, item in enumerate(chunk.items):
+            clock[CLOCK_INDEX] = index
+            if tracked:
+                clock[CLOCK_START_NS] = time.monotonic_ns()
+            t0 = perf()
+            try:
+                values.append(call_item(func, item, call_mode))
+            except ChunkCancelled:
+                raise
+            except BaseException as exc:
+                failures.append(pack_exception(exc, index))
+                if not chunk.keep_going:
+                    break
+                values.append(None)
+                continue
+            if insights is not None:
+                insights.record(perf() - t0, item)
+    except ChunkCancelled:
+        return values, failures or None, True
+    finally:
+        clock[CLOCK_START_NS] = 0
+    return values, failures or None, False
 
 
 def _send_result(
     channel: Channel,
     chunk: RunChunk,
     values: list[Any],
-    failure: TaskFailure | None,
+    failures: list[TaskFailure] | None,
+    cancelled: bool,
     duration: float,
     insights: _Insights | None,
 ) -> None:
     stats = insights.snapshot() if insights is not None else None
     try:
-        channel.send(ChunkDone(chunk.job_id, chunk.chunk_id, values, failure, duration, stats))
+        channel.send(ChunkDone(chunk.tag, values, failures, cancelled, duration, stats))
         return
     except ResultUnpicklable:
         pass
-    # Slow path, only after a failure: find the first value that cannot travel and fail that task.
+    # Slow path, only after a failure: every value that cannot travel fails its own task.
     from ._errors import ResultPicklingError
     from ._serialize import dumps
 
-    for index, value in enumerate(values):
+    failures = list(failures or [])
+    failed_positions = {f.position for f in failures}
+    cleaned: list[Any] = []
+    for position, value in enumerate(values):
+        if position in failed_positions:
+            cleaned.append(None)
+            continue
         try:
             dumps(value)
         except Exception as exc:
             error = ResultPicklingError(
-                f"the result of task {index} of chunk {chunk.chunk_id} cannot be pickled: "
+                f"the result of task {chunk.start + position} cannot be pickled, so it cannot be sent back: "
                 f"{describe_unpicklable(value)} ({type(exc).__name__}: {exc})"
             )
-            failure = pack_exception(error, index)
-            channel.send(ChunkDone(chunk.job_id, chunk.chunk_id, values[:index], failure, duration, stats))
-            return
-    raise RuntimeError("a chunk result failed to pickle but every value pickles on its own")
+            failures.append(pack_exception(error, position))
+            if not chunk.keep_going:
+                break
+            cleaned.append(None)
+            continue
+        cleaned.append(value)
+    failures.sort(key=lambda f: f.position)
+    channel.send(ChunkDone(chunk.tag, cleaned, failures, cancelled, duration, stats))
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def _pid() -> int:

@@ -20,9 +20,14 @@ from ._cpu import cpu_count
 from ._engine import Engine, WorkerSettings
 from ._errors import PoolBusyError
 from ._job import Job
+from ._messages import CALL_MPIRE
 from ._progress import ProgressBar, check_progress_options
 
 logger = logging.getLogger("parallelize")
+
+
+class ResultTimeoutError(multiprocessing.TimeoutError, TimeoutError):
+    """AsyncResult.get(timeout) ran out: both multiprocessing's and the builtin TimeoutError, as code expects."""
 
 
 class AsyncResult:
@@ -50,20 +55,20 @@ class AsyncResult:
             logger.exception("an apply_async callback raised")
 
     def ready(self) -> bool:
-        return self._job.finished
+        return self._job.done_event.is_set()
 
     def successful(self) -> bool:
-        if not self._job.finished:
+        if not self._job.done_event.is_set():
             raise ValueError("the result is not ready yet")
         return self._job.error is None and not self._job.cancelled
 
     def wait(self, timeout: float | None = None) -> None:
-        self._engine.drive(lambda: self._job.finished, timeout)
+        self._engine.drive(self._job.done_event.is_set, timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
-        if not self._job.finished:
-            raise multiprocessing.TimeoutError(f"the result was not ready within {timeout}s")
+        if not self._job.done_event.is_set():
+            raise ResultTimeoutError(f"the result was not ready within {timeout}s")
         if self._job.error is not None:
             raise self._job.error
         if self._job.cancelled:
@@ -88,7 +93,7 @@ class WorkerPool:
         enable_insights: bool = False,
         order_tasks: bool = False,
     ) -> None:
-        self._n_jobs = check.n_jobs(n_jobs, cpu_count())
+        self._n_jobs = check.n_jobs(None if n_jobs == 0 else n_jobs, cpu_count())  # MPIRE: 0 means all CPUs
         self._daemon = check.flag("daemon", daemon)
         self._cpu_ids = check.cpu_ids(cpu_ids, self._n_jobs)
         self._shared_objects = shared_objects
@@ -139,7 +144,8 @@ class WorkerPool:
                                  worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout,
                                  worker_init_timeout, worker_exit_timeout, progress_bar_options,
                                  progress_bar_style, lazy=False))
-        if concatenate_numpy_output and is_numpy_array(iterable_of_args) and results:
+        # As MPIRE: array results are joined whenever the first one is an array, whatever the input was.
+        if concatenate_numpy_output and results and is_numpy_array(results[0]):
             import numpy
 
             return numpy.concatenate(results)
@@ -239,9 +245,12 @@ class WorkerPool:
     def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
                   iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,
                   n_splits: int | None, task_timeout: float | None) -> Job:
+        if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
+            n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
         return map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered, iterable_len=iterable_len,
                        max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
-                       task_timeout=task_timeout, order_tasks=self._order_tasks)
+                       task_timeout=task_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
+                       split_arrays=True)
 
     # --- apply --------------------------------------------------------------------------------------------------
 
@@ -320,22 +329,24 @@ class WorkerPool:
         return list(self._exit_results)
 
     def get_insights(self) -> dict[str, Any]:
-        """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks."""
-        engine = self._engine
-        if not self._enable_insights:
-            raise RuntimeError("insights are disabled: create the pool with enable_insights=True")
-        if engine is not None and engine.insights is not None:
-            return engine.insights.as_dict()
-        if self._last_insights is not None:
-            return self._last_insights.as_dict()  # type: ignore[no-any-return]
-        return {}
+        """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks, in MPIRE's shape:
+        durations as "H:MM:SS.mmm" strings, ratios as floats. Empty when insights are disabled or nothing ran."""
+        collector = self._insights_collector()
+        return collector.as_mpire_dict() if collector is not None else {}
 
     def print_insights(self) -> None:
+        """Print the insights as a readable summary (nothing is printed when insights are disabled)."""
+        collector = self._insights_collector()
+        if collector is not None:
+            print(collector.format())
+
+    def _insights_collector(self) -> Any:
         engine = self._engine
-        collector = engine.insights if engine is not None else self._last_insights
         if not self._enable_insights:
-            raise RuntimeError("insights are disabled: create the pool with enable_insights=True")
-        print(collector.format() if collector is not None else "No insights yet: nothing has run.")
+            return None
+        if engine is not None and engine.insights is not None:
+            return engine.insights
+        return self._last_insights
 
     # --- internals ----------------------------------------------------------------------------------------------
 
@@ -352,12 +363,11 @@ class WorkerPool:
         )
 
     def _engine_for(self, settings: WorkerSettings) -> Engine:
-        lazy = self._lazy_job
-        if lazy is not None and not lazy.finished:
+        if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
             raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
                                 "iterator before starting another map (the running one is left untouched)")
         engine = self._engine
-        if engine is not None and (engine.closed or not engine.settings.same_workers(settings)):
+        if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
             logger.debug("WorkerPool: worker settings changed, starting new workers")
             self._engine = None
             engine.wait_async_jobs()

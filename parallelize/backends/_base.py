@@ -22,10 +22,14 @@ class Received(NamedTuple):
 
 
 class Exited(NamedTuple):
-    """A worker ended. exitcode is negative for a signal (as in multiprocessing), None if unknown."""
+    """A worker ended. exitcode is negative for a signal (as in multiprocessing), None if unknown.
+
+    *clock* is the worker's last clock (see _worker.CLOCK_*): what it was running when it ended.
+    """
 
     key: int
     exitcode: int | None
+    clock: tuple[int, ...]
 
 
 Event = Received | Exited
@@ -52,8 +56,15 @@ class Backend(abc.ABC):
         """Make a concurrent ``wait()`` return. Safe to call from any thread."""
 
     @abc.abstractmethod
-    def clock(self, key: int) -> MutableSequence[float]:
+    def clock(self, key: int) -> MutableSequence[int]:
         """The worker's task clock (see _worker.CLOCK_*), readable while the worker runs."""
+
+    @abc.abstractmethod
+    def interrupt(self, key: int) -> None:
+        """Ask a worker to abandon its running task if its job was cancelled (see _worker.CLOCK_CANCEL).
+
+        Backends that cannot interrupt running code make this a no-op: the worker checks between chunks.
+        """
 
     @abc.abstractmethod
     def kill(self, key: int, grace: float) -> None:

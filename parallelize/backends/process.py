@@ -7,13 +7,18 @@ dead worker is seen the moment it dies, and nothing polls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import multiprocessing
 import os
+import pickle
 import selectors
 import signal
+import sys
+import threading
 import time
-from collections.abc import MutableSequence
+import warnings
+from collections.abc import Callable, MutableSequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -31,27 +36,75 @@ _PARENT_ONLY_FDS: set[int] = set()
 _WAKE = -1
 
 
-def _child_entry(spec_payload: WorkerSpec | bytes, task_conn: Connection, result_conn: Connection,
-                 clock: MutableSequence[float]) -> None:
+CANCEL_SIGNAL = signal.SIGUSR1
+_fork_warned = False
+
+
+class ForkAfterThreadsWarning(RuntimeWarning):
+    """A fork-based pool is starting workers while other threads run in this process."""
+
+
+class _SpawnSpec:
+    """A WorkerSpec for spawn/forkserver: code travels by cloudpickle (lambdas, __main__ functions), while shared
+    objects go through multiprocessing's own pickler at process start, the only moment locks, events and shared
+    ctypes may be passed."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.code = dumps_by_value((spec.functions, spec.worker_init, spec.worker_exit))
+        self.rest = dataclasses.replace(spec, functions={}, worker_init=None, worker_exit=None)
+
+    def build(self) -> WorkerSpec:
+        functions, worker_init, worker_exit = loads(self.code)
+        return dataclasses.replace(self.rest, functions=functions, worker_init=worker_init, worker_exit=worker_exit)
+
+
+def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Connection, result_conn: Connection,
+                 lifeline: Connection, clock: Any) -> None:
     for fd in list(_PARENT_ONLY_FDS):
         with contextlib.suppress(OSError):
             os.close(fd)
     _PARENT_ONLY_FDS.clear()
     # The parent handles Ctrl-C and stops workers itself; a worker traceback per Ctrl-C would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()
+    with contextlib.suppress(Exception):  # sys.stderr may be a StringIO or closed: use fd 2 itself
+        faulthandler.enable(file=2)  # a segfault in a task prints the Python stack of the worker
+    _watch_parent(lifeline)
+    slots = memoryview(clock).cast("B").cast("q")  # int64 slots; a memoryview write is the cheapest per task
+    signal.signal(CANCEL_SIGNAL, _worker.cancel_signal_handler(slots))
     _worker.in_worker_process = True
-    spec = loads(spec_payload) if isinstance(spec_payload, bytes) else spec_payload
+    if isinstance(spec_payload, bytes):
+        spec = loads(spec_payload)
+    elif isinstance(spec_payload, _SpawnSpec):
+        spec = spec_payload.build()
+    else:
+        spec = spec_payload
     if spec.cpu_ids:
         os.sched_setaffinity(0, spec.cpu_ids)
     # Pools started inside this worker must not leak this worker's own pipes into their workers.
     _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno()))
-    run_worker(spec, ChildChannel(task_conn.fileno(), result_conn.fileno()), clock)
+    run_worker(spec, ChildChannel(task_conn.fileno(), result_conn.fileno()), slots)
+
+
+def _watch_parent(lifeline: Connection) -> None:
+    """End this worker when the parent dies, even in the middle of a long task.
+
+    The parent holds the only write end of the lifeline pipe; its death closes it, and the read here returns.
+    (PR_SET_PDEATHSIG would fire when the parent *thread* that forked us ends, which is too early.)
+    """
+    fd = lifeline.fileno()
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 1):
+                pass
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parallelize-lifeline", daemon=True).start()
 
 
 class _ProcWorker:
     def __init__(self, process: Any, task_conn: Connection, result_conn: Connection,
-                 clock: MutableSequence[float]) -> None:
+                 clock: MutableSequence[int]) -> None:
         self.process = process
         self.task_conn = task_conn
         self.result_conn = result_conn
@@ -76,9 +129,16 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", _WAKE))
-        self._own_fds = (self._wake_r, self._wake_w, self._selector.fileno())
+        self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
+        self._own_fds = (self._wake_r, self._wake_w, self._selector.fileno(), self._lifeline_w.fileno())
         _PARENT_ONLY_FDS.update(self._own_fds)
         self._closed = False
+        if start_method != "fork":
+            # Spawned workers import the main script as __mp_main__; exceptions and results whose classes are
+            # defined there must unpickle here too.
+            main = sys.modules.get("__main__")
+            if main is not None:
+                sys.modules.setdefault("__mp_main__", main)
 
     @property
     def context(self) -> Any:
@@ -89,18 +149,28 @@ class ProcessBackend(Backend):
         result_r, result_w = self._ctx.Pipe(duplex=False)
         for conn in (task_w, result_r):
             enlarge_pipe(conn.fileno())
-        clock = self._ctx.RawArray("d", CLOCK_SIZE)
+        clock = self._ctx.RawArray("q", CLOCK_SIZE)
+        if self.name == "fork":
+            _warn_if_threads()
         # Under fork the spec (shared objects included) is inherited as it is: copy-on-write, nothing pickled.
-        payload: WorkerSpec | bytes = spec if self.name == "fork" else dumps_by_value(spec)
-        process = self._ctx.Process(
-            target=_child_entry,
-            args=(payload, task_r, result_w, clock),
-            name=f"parallelize-worker-{spec.worker_id}",
-            daemon=self._daemon,
-        )
+        payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
+            [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
         _PARENT_ONLY_FDS.update((task_w.fileno(), result_r.fileno()))
         try:
-            process.start()
+            for attempt, payload in enumerate(payloads):
+                process = self._ctx.Process(
+                    target=_child_entry,
+                    args=(payload(), task_r, result_w, self._lifeline_r, clock),
+                    name=f"parallelize-worker-{spec.worker_id}",
+                    daemon=self._daemon,
+                )
+                try:
+                    process.start()
+                    break
+                except (pickle.PicklingError, TypeError, AttributeError):
+                    # Shared objects multiprocessing cannot pickle (a lambda inside): all by cloudpickle instead.
+                    if attempt == len(payloads) - 1:
+                        raise
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 self._forget_fd(conn)
@@ -117,8 +187,15 @@ class ProcessBackend(Backend):
 
     def send(self, key: int, message: Any) -> None:
         worker = self._workers[key]
-        payload = dumps(message)
-        if worker.writer.send(payload) and not worker.want_write:
+        payload = dumps(message)  # a serialisation error is the caller's to report
+        try:
+            pending = worker.writer.send(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The worker has ended and the parent has not seen it yet: its sentinel will say so, and whatever
+            # was sent to it is dealt with then (sent again, or failed with WorkerDiedError).
+            worker.writer.outbox.clear()
+            return
+        if pending and not worker.want_write:
             worker.want_write = True
             self._selector.register(worker.writer.fd, selectors.EVENT_WRITE, ("write", key))
 
@@ -142,7 +219,9 @@ class ProcessBackend(Backend):
         return events
 
     def _read(self, key: int, events: list[Event]) -> None:
-        worker = self._workers[key]
+        worker = self._workers.get(key)
+        if worker is None:
+            return
         frames, eof = worker.reader.read_available()
         events.extend(Received(key, loads(f)) for f in frames)
         if eof and worker.result_open:
@@ -150,7 +229,9 @@ class ProcessBackend(Backend):
             self._selector.unregister(worker.reader.fd)
 
     def _flush(self, key: int) -> None:
-        worker = self._workers[key]
+        worker = self._workers.get(key)
+        if worker is None:
+            return
         try:
             pending = worker.writer.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -175,8 +256,9 @@ class ProcessBackend(Backend):
                     break
         worker.process.join(timeout=5)
         exitcode = worker.process.exitcode
+        last_clock = tuple(worker.clock)
         self._release(worker)
-        events.append(Exited(key, exitcode))
+        events.append(Exited(key, exitcode, last_clock))
         return events
 
     def _release(self, worker: _ProcWorker) -> None:
@@ -198,12 +280,18 @@ class ProcessBackend(Backend):
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 
-    def clock(self, key: int) -> MutableSequence[float]:
+    def clock(self, key: int) -> MutableSequence[int]:
         return self._workers[key].clock
 
     def pid(self, key: int) -> int | None:
         worker = self._workers.get(key)
         return None if worker is None else worker.process.pid
+
+    def interrupt(self, key: int) -> None:
+        worker = self._workers.get(key)
+        if worker is not None and worker.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, CANCEL_SIGNAL)
 
     def kill(self, key: int, grace: float) -> None:
         worker = self._workers.get(key)
@@ -211,6 +299,7 @@ class ProcessBackend(Backend):
             return
         process = worker.process
         if process.exitcode is None:
+            _kill_descendants(process.pid)
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             process.join(grace)
@@ -234,3 +323,60 @@ class ProcessBackend(Backend):
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._lifeline_r.close()
+        self._lifeline_w.close()
+
+
+def _neutralise_inherited_fds() -> None:
+    """In a child made by os.fork(): the parent's pool pipes are not ours.
+
+    Each is replaced by /dev/null rather than closed: the number stays taken until the objects that own it are
+    garbage-collected and close it, so it cannot be reused by a new pipe and then closed by mistake.
+    """
+    if not _PARENT_ONLY_FDS:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in _PARENT_ONLY_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    _PARENT_ONLY_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_neutralise_inherited_fds)
+
+
+def _kill_descendants(pid: int) -> None:
+    """Processes a worker started (a subprocess in a task) do not outlive a worker that is being stopped."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _warn_if_threads() -> None:
+    """Forking while another thread holds a lock (logging, I/O, allocator) can leave a worker deadlocked."""
+    global _fork_warned
+    if _fork_warned:
+        return
+    current = threading.current_thread()
+    ours = current.name.startswith("parallelize-")
+    # Our driver thread forks replacement workers while the main thread runs on, as multiprocessing.Pool's
+    # worker handler does; the warning is about threads the program started.
+    others = [t for t in threading.enumerate()
+              if t is not current and t.is_alive() and not t.name.startswith("parallelize-")
+              and not (ours and t is threading.main_thread())]
+    if others:
+        _fork_warned = True
+        warnings.warn(
+            f"starting fork workers while {len(others)} other thread(s) run in this process "
+            f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
+            "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.",
+            ForkAfterThreadsWarning, stacklevel=6)

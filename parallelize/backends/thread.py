@@ -35,7 +35,7 @@ class _ThreadWorker:
     def __init__(self, thread: threading.Thread, inbox: queue.SimpleQueue[Any]) -> None:
         self.thread = thread
         self.inbox = inbox
-        self.clock: list[float] = [0.0] * CLOCK_SIZE
+        self.clock: list[int] = [0] * CLOCK_SIZE
 
 
 class ThreadBackend(Backend):
@@ -55,7 +55,7 @@ class ThreadBackend(Backend):
             try:
                 run_worker(spec, channel, worker.clock)
             finally:
-                self._events.put(Exited(key, 0))
+                self._events.put(Exited(key, 0, tuple(worker.clock)))
 
         worker.thread = threading.Thread(target=main, name=f"parallelize-worker-{spec.worker_id}", daemon=True)
         self._workers[key] = worker
@@ -84,18 +84,21 @@ class ThreadBackend(Backend):
     def wakeup(self) -> None:
         self._events.put(None)
 
-    def clock(self, key: int) -> MutableSequence[float]:
+    def clock(self, key: int) -> MutableSequence[int]:
         return self._workers[key].clock
 
     def pid(self, key: int) -> int | None:
         return None
+
+    def interrupt(self, key: int) -> None:
+        pass  # a thread cannot be interrupted; it sees the cancellation before its next chunk
 
     def kill(self, key: int, grace: float) -> None:
         # A thread cannot be stopped from outside: disown it. It ends on its own when its task returns.
         worker = self._workers.pop(key, None)
         if worker is not None:
             worker.inbox.put(None)
-            self._events.put(Exited(key, None))
+            self._events.put(Exited(key, None, tuple(worker.clock)))
 
     def close(self, timeout: float) -> None:
         for worker in list(self._workers.values()):
