@@ -12,6 +12,7 @@ from ._decorator import BoundParallelFunction as BoundParallelFunction
 from ._decorator import ParallelFunction as ParallelFunction
 from ._decorator import parallel as parallel
 from ._errors import ConfigError as ConfigError
+from ._errors import ForkAfterThreadsWarning as ForkAfterThreadsWarning
 from ._errors import ParallelError as ParallelError
 from ._errors import PoolBusyError as PoolBusyError
 from ._errors import RemoteError as RemoteError
@@ -28,6 +29,7 @@ __all__ = [
     "AsyncResult",
     "BoundParallelFunction",
     "ConfigError",
+    "ForkAfterThreadsWarning",
     "ParallelError",
     "ParallelFunction",
     "PoolBusyError",

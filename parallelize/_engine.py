@@ -266,7 +266,7 @@ class Engine:
         while self._to_cancel:
             job = self._to_cancel.pop()
             for slot in self._slots:
-                if slot.key is not None and any(j is job for j, _ in slot.inflight):
+                if slot.key is not None and not slot.killed and any(j is job for j, _ in slot.inflight):
                     self.backend.clock(slot.key)[CLOCK_CANCEL] = job.id + 1
                     self.backend.interrupt(slot.key)
 
@@ -524,7 +524,17 @@ class Engine:
             self._background = None
             return True
 
-        self.drive(nothing_left)
+        try:
+            self.drive(nothing_left)
+        except BaseException as exc:
+            # Nobody waits in this thread to see the error: hand it to every job it was serving instead of
+            # leaving them unfinished for ever.
+            logger.exception("parallelize: the background driver failed")
+            with self._cv:
+                self._background = None
+                jobs = list(self._async_jobs)
+            for job in jobs:
+                job.fail(exc)
 
     def _async_job_finished(self, job: Job) -> None:
         self._async_jobs.discard(job)  # runs inside a step, i.e. with the driver's role held

@@ -8,6 +8,8 @@
     ├── ResultPicklingError (PicklingError) a task's return value could not be sent back to the caller
     └── RemoteError                         a task's exception that could not itself be pickled
 
+Warnings: ForkAfterThreadsWarning (RuntimeWarning), when a fork pool starts workers in a threaded program.
+
 Exceptions raised by the user's function are re-raised with their original type; the worker's traceback is
 attached as ``__cause__`` (a RemoteTraceback).
 """
@@ -67,3 +69,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\nTraceback in the worker process:\n" + self.traceback_text
+
+
+class ForkAfterThreadsWarning(RuntimeWarning):
+    """A fork-based pool is starting workers while other threads of the program run (risk of a deadlock)."""

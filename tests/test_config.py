@@ -295,9 +295,6 @@ def test_environment_task_timeout_fails_a_task_that_runs_too_long(monkeypatch: p
         dh.long_after_signal([60, 0], shared_objects=multiprocessing.get_context("fork").Event())
 
 
-@pytest.mark.xfail(reason="BUG: a task timeout is not enforced when the caller starts waiting before the worker has "
-                          "recorded the task's start time (Engine._deadlines skips a slot whose clock is still 0, "
-                          "so the caller blocks with no deadline until the task ends)", strict=True)
 def test_task_timeout_fails_a_lone_task_that_runs_too_long() -> None:
     # The race is lost about half the time on two cores; 20 tries make a pass by luck negligible.
     for _ in range(20):

@@ -458,9 +458,6 @@ def test_decorated_object_in_the_class_pickles_by_reference(name: str) -> None:
     assert pickle.loads(pickle.dumps(decorated)) is decorated
 
 
-@pytest.mark.xfail(reason="BUG: a decorated method reached through an instance or class (BoundParallelFunction) "
-                          "cannot be pickled: wrapt raises NotImplementedError, unlike a plain bound method",
-                   strict=True)
 @pytest.mark.parametrize("name", ["scale", "class_outer", "static_outer"])
 def test_bound_decorated_method_pickles_like_a_plain_bound_method(name: str) -> None:
     restored = pickle.loads(pickle.dumps(getattr(Scaler(3), name)))
@@ -599,10 +596,6 @@ def test_forked_child_forgets_the_parent_pool_and_the_parent_keeps_it() -> None:
     assert set(dh.pid_of(range(6))) <= set(parent_pids)
 
 
-@pytest.mark.xfail(reason="BUG: in a forked child, the new pool's workers close their own pipes: "
-                          "backends.process._PARENT_ONLY_FDS still lists the parent pool's fd numbers, which the "
-                          "child has since closed and reused (worker: OSError EBADF; caller: BrokenPipeError)",
-                   strict=True)
 def test_forked_child_can_call_the_function_on_a_new_pool() -> None:
     dh.pid_of(range(4))
     parent_pids = dh.pid_of.worker_pids()
@@ -696,6 +689,7 @@ def test_calling_another_decorated_function_inside_a_worker_runs_serially_there(
     assert dh.nested_inner.worker_pids() == []
 
 
+@pytest.mark.filterwarnings("ignore::parallelize.ForkAfterThreadsWarning")  # expected here; see test_faults
 def test_two_threads_calling_the_same_function_both_get_their_results() -> None:
     barrier = threading.Barrier(2)
     outcome: dict[int, Any] = {}
@@ -718,10 +712,6 @@ def test_two_threads_calling_the_same_function_both_get_their_results() -> None:
     assert outcome == {0: "ok", 1: "ok"}
 
 
-@pytest.mark.xfail(reason="BUG: a call that rebuilds the pool (other n_jobs) stops the engine under a call still in "
-                          "progress (an open imap, or another thread's call); that call then fails with "
-                          "ValueError('I/O operation on closed epoll object') or, from another thread, can hang",
-                   strict=True)
 def test_rebuild_by_another_call_does_not_break_an_open_imap() -> None:
     # The single-threaded form of two threads calling with different n_jobs: deterministic, and it cannot hang.
     open_imap = iter(dh.tagged.imap([(0, x) for x in range(100)], chunk_size=1))

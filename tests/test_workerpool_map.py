@@ -263,7 +263,7 @@ def test_imap_does_not_read_the_whole_generator_before_the_first_result(fast_sta
         pytest.param({"a": 1, "b": 2}, ((), {"a": 1, "b": 2}), id="dict-unpacked-as-kwargs"),
         pytest.param("abc", (("abc",), {}), id="str-passed-whole"),
         pytest.param(b"xyz", ((b"xyz",), {}), id="bytes-passed-whole"),
-        pytest.param([1, 2, 3], (([1, 2, 3],), {}), id="list-passed-whole"),
+        pytest.param([1, 2, 3], ((1, 2, 3), {}), id="list-unpacked-as-args-like-mpire"),
         pytest.param(7, ((7,), {}), id="scalar-passed-whole"),
     ],
 )
@@ -325,9 +325,6 @@ def test_numpy_n_splits_sets_the_number_of_chunks(fast_start_method: str) -> Non
     assert shapes == [("ndarray", (5,)), ("ndarray", (5,))]
 
 
-@pytest.mark.xfail(reason="BUG: n_splits=k becomes chunk_size=ceil(n/k), which can give fewer than k chunks "
-                          "(10 rows, n_splits=6 -> 5 chunks of 2); MPIRE gives exactly k chunks: [2, 2, 1, 2, 2, 1]",
-                   strict=True)
 def test_numpy_n_splits_gives_that_many_chunks_when_the_length_does_not_divide(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method) as pool:
         shapes = pool.map(chunk_shape, np.arange(10), n_splits=6, concatenate_numpy_output=False)
@@ -337,9 +334,6 @@ def test_numpy_n_splits_gives_that_many_chunks_when_the_length_does_not_divide(f
     assert max(sizes) - min(sizes) <= 1
 
 
-@pytest.mark.xfail(reason="BUG: iter_numpy_chunks does not clip the last chunk to iterable_len: with iterable_len=4 "
-                          "and chunk_size=3 the second chunk is rows 3..5, so 6 rows are processed; MPIRE gives [3, 1]",
-                   strict=True)
 def test_numpy_iterable_len_smaller_than_the_array_processes_only_that_many_rows(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method) as pool:
         shapes = pool.map(chunk_shape, np.arange(10), iterable_len=4, chunk_size=3, concatenate_numpy_output=False)
@@ -405,8 +399,6 @@ def test_n_splits_cuts_the_input_into_that_many_chunks(fast_start_method: str) -
     assert worker_ids == [(x // 4) % N_JOBS for x in range(12)]
 
 
-@pytest.mark.xfail(reason="BUG: n_splits=k becomes chunk_size=ceil(n/k), which can give fewer than k chunks "
-                          "(10 items, n_splits=6 -> 5 chunks); MPIRE gives exactly k chunks", strict=True)
 def test_n_splits_gives_that_many_chunks_when_the_length_does_not_divide(fast_start_method: str) -> None:
     with WorkerPool(3, start_method=fast_start_method, pass_worker_id=True, order_tasks=True) as pool:
         worker_ids = pool.map(worker_id_of, range(10), n_splits=6)
@@ -717,10 +709,6 @@ def test_map_during_a_half_consumed_imap_raises_pool_busy_and_the_imap_still_com
         assert pool.map(gated_square, [(x, 5) for x in range(5)]) == [0, 1, 4, 9, 16]
 
 
-@pytest.mark.xfail(reason="BUG: PoolBusyError is raised only while the imap's tasks are still running, not while its "
-                          "iterator is unconsumed: once every result is buffered in the parent, map runs; whether a "
-                          "map during a half-consumed imap raises therefore depends on timing. MPIRE raises here",
-                   strict=True)
 def test_map_during_a_half_consumed_imap_raises_pool_busy_even_when_its_tasks_are_done(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method) as pool:
         results = pool.imap(square, range(5), chunk_size=5)  # one chunk: every result arrives with the first
@@ -776,12 +764,6 @@ def test_default_n_jobs_is_cpu_count() -> None:
 
 
 def test_shared_event_as_shared_object_reaches_workers(request: pytest.FixtureRequest, start_method: str) -> None:
-    if start_method in ("spawn", "forkserver"):
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: shared_objects are pickled with cloudpickle before Process.start(), so multiprocessing "
-                   "synchronisation primitives (Event, Lock, Barrier, Value) raise 'should only be shared between "
-                   "processes through inheritance' under spawn/forkserver; MPIRE passes them as Process args",
-            raises=RuntimeError, strict=True))
     event = context(start_method).Event()
     event.set()
     with WorkerPool(N_JOBS, start_method=start_method, shared_objects=event) as pool:

@@ -36,11 +36,6 @@ N_JOBS = 2
 WAIT_S = 30.0  # bound on every blocking wait: a backstop, never expected to run out
 DEADLINE_S = 10.0  # bound on polling loops
 
-SHARED_CTX_BUG = (
-    "BUG: shared objects built from pool.ctx (Event, Value, Barrier) cannot reach spawn/forkserver workers: the "
-    "worker spec is pickled before Process.start(), outside spawning, so multiprocessing raises RuntimeError "
-    "'... should only be shared between processes through inheritance' (MPIRE passes them as Process arguments)"
-)
 
 
 # --- task functions (module level: importable under spawn and forkserver) ------------------------------------------
@@ -276,8 +271,6 @@ def test_worker_ids_are_exactly_zero_to_n_jobs_minus_one(start_method: str) -> N
 
 
 def test_every_worker_id_runs_concurrently_at_a_barrier(start_method: str, request: pytest.FixtureRequest) -> None:
-    if start_method in ("spawn", "forkserver"):
-        request.applymarker(pytest.mark.xfail(reason=SHARED_CTX_BUG, raises=RuntimeError, strict=True))
     with WorkerPool(N_JOBS, start_method=start_method, pass_worker_id=True) as pool:
         counter = pool.ctx.Value("i", 0)
         # multiprocessing.dummy.Value (the threading ctx, as in MPIRE) has no lock of its own.
@@ -337,8 +330,6 @@ def test_shared_objects_are_not_copied_per_task_under_fork() -> None:
 
 
 def test_worker_init_and_exit_run_exactly_once_per_worker(start_method: str, request: pytest.FixtureRequest) -> None:
-    if start_method in ("spawn", "forkserver"):
-        request.applymarker(pytest.mark.xfail(reason=SHARED_CTX_BUG, raises=RuntimeError, strict=True))
     with WorkerPool(N_JOBS, start_method=start_method, use_worker_state=True) as pool:
         counter = pool.ctx.Value("i", 0)
         lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
@@ -419,9 +410,6 @@ def test_worker_lifespan_workers_each_run_at_most_lifespan_tasks() -> None:
     assert sum(n for _, n in exit_results) == 30
 
 
-@pytest.mark.xfail(reason="BUG: stopping the pool sends STOP to a worker that already ended at its worker_lifespan "
-                          "but whose exit the parent has not seen yet: BrokenPipeError from map/imap",
-                   raises=BrokenPipeError, strict=True)
 def test_pool_stops_cleanly_after_a_worker_ended_at_its_lifespan() -> None:
     # Two workers: the second one asks for a chunk and finds the input exhausted, so one result ends the job.
     with WorkerPool(2, start_method="fork") as pool:
@@ -477,9 +465,6 @@ def _main_thread_waits_in_select(main_ident: int) -> bool:
     return frame is not None and frame.f_code.co_name == "select" and "selectors" in frame.f_code.co_filename
 
 
-@pytest.mark.xfail(reason="BUG: task_timeout is only enforced if the task started before the parent last computed "
-                          "its wait deadline; a task that starts while the parent waits with no deadline is never "
-                          "timed out", raises=pytest.fail.Exception, strict=True)
 def test_task_timeout_fires_for_a_task_that_starts_while_the_parent_waits(tmp_path: Path) -> None:
     gate = tmp_path / "go"
     main_ident = threading.get_ident()
@@ -568,9 +553,6 @@ def test_pool_works_after_a_task_error(fast_start_method: str) -> None:
         assert pool.map(square, range(10)) == [x * x for x in range(10)]
 
 
-@pytest.mark.xfail(reason="BUG: when a worker dies (here: its worker_init raised) before the parent has sent it a "
-                          "chunk, the send's BrokenPipeError is raised instead of the worker_init exception",
-                   raises=BrokenPipeError, strict=True)
 def test_worker_init_error_is_raised_even_if_the_worker_exits_before_receiving_tasks() -> None:
     with WorkerPool(1, start_method="fork") as pool:
         shared = (pool.ctx.Value("i", 0), pool.ctx.Event())
@@ -642,8 +624,15 @@ def test_invalid_cpu_ids_raise_config_error_naming_cpu_ids(cpu_ids: list[int]) -
 # --- constructor validation ------------------------------------------------------------------------------------------
 
 
+def test_n_jobs_zero_means_every_cpu_as_in_mpire() -> None:
+    with WorkerPool(0, start_method="threading", pass_worker_id=True) as pool:
+        assert pool.map(worker_id_of, range(4)) is not None
+        assert len(pool.get_exit_results()) == 0
+    assert WorkerPool(0)._n_jobs == parallelize.cpu_count()
+
+
 @pytest.mark.parametrize(("kwargs", "name", "shown"), [
-    ({"n_jobs": 0}, "n_jobs", "0"),
+    ({"n_jobs": -0.5}, "n_jobs", "-0.5"),
     ({"n_jobs": "abc"}, "n_jobs", "'abc'"),
     ({"start_method": "nope"}, "start_method", "'nope'"),
     ({"keep_alive": "yes"}, "keep_alive", "'yes'"),
@@ -674,9 +663,6 @@ def test_progress_bar_writes_to_stderr_by_default(capsys: pytest.CaptureFixture[
     assert "23/23" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(reason="BUG: a forked worker calls faulthandler.enable(), which raises when sys.stderr has no "
-                          "fileno (pytest capsys, IDEs, notebooks, redirect to StringIO): every worker dies at start",
-                   raises=(BrokenPipeError, parallelize.WorkerDiedError), strict=True)
 def test_fork_workers_start_when_sys_stderr_has_no_file_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     with WorkerPool(N_JOBS, start_method="fork") as pool:
@@ -713,11 +699,12 @@ def test_print_insights_prints_the_totals(fast_start_method: str) -> None:
     assert re.search(r"total.*\b17\b", out, re.IGNORECASE)
 
 
-def test_get_insights_raises_when_insights_are_disabled() -> None:
+def test_get_insights_is_empty_when_insights_are_disabled_as_in_mpire(capsys: pytest.CaptureFixture[str]) -> None:
     with WorkerPool(N_JOBS, start_method="fork") as pool:
         pool.map(square, range(3))
-        with pytest.raises(RuntimeError, match="enable_insights"):
-            pool.get_insights()
+        assert pool.get_insights() == {}
+        pool.print_insights()
+    assert capsys.readouterr().out == ""
 
 
 # --- terminate -------------------------------------------------------------------------------------------------------
@@ -765,9 +752,6 @@ def test_pool_works_after_a_worker_died() -> None:
         assert pool.map(square, range(10)) == [x * x for x in range(10)]
 
 
-@pytest.mark.xfail(reason="BUG: a chunk sent to a worker that died but whose death the parent has not seen yet "
-                          "fails the map with BrokenPipeError instead of WorkerDiedError",
-                   raises=BrokenPipeError, strict=True)
 def test_worker_death_while_the_parent_sends_it_work_raises_worker_died_error() -> None:
     with WorkerPool(1, start_method="fork") as pool:
         shared = (pool.ctx.Value("i", 0), pool.ctx.Event())

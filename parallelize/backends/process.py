@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import _worker
+from .._errors import ForkAfterThreadsWarning
 from .._serialize import dumps, dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
@@ -37,11 +38,6 @@ _WAKE = -1
 
 
 CANCEL_SIGNAL = signal.SIGUSR1
-_fork_warned = False
-
-
-class ForkAfterThreadsWarning(RuntimeWarning):
-    """A fork-based pool is starting workers while other threads run in this process."""
 
 
 class _SpawnSpec:
@@ -133,6 +129,7 @@ class ProcessBackend(Backend):
         self._own_fds = (self._wake_r, self._wake_w, self._selector.fileno(), self._lifeline_w.fileno())
         _PARENT_ONLY_FDS.update(self._own_fds)
         self._closed = False
+        self._fork_warned = False  # ForkAfterThreadsWarning: once per pool
         if start_method != "fork":
             # Spawned workers import the main script as __mp_main__; exceptions and results whose classes are
             # defined there must unpickle here too.
@@ -150,8 +147,8 @@ class ProcessBackend(Backend):
         for conn in (task_w, result_r):
             enlarge_pipe(conn.fileno())
         clock = self._ctx.RawArray("q", CLOCK_SIZE)
-        if self.name == "fork":
-            _warn_if_threads()
+        if self.name == "fork" and not self._fork_warned:
+            self._fork_warned = _warn_if_threads()
         # Under fork the spec (shared objects included) is inherited as it is: copy-on-write, nothing pickled.
         payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
             [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
@@ -361,22 +358,28 @@ def _kill_descendants(pid: int) -> None:
             child.kill()
 
 
-def _warn_if_threads() -> None:
-    """Forking while another thread holds a lock (logging, I/O, allocator) can leave a worker deadlocked."""
-    global _fork_warned
-    if _fork_warned:
-        return
+def _harmless(thread: threading.Thread) -> bool:
+    """Threads known to hold no lock a child could inherit: tqdm's monitor sleeps on an Event."""
+    return type(thread).__module__.startswith("tqdm.")
+
+
+def _warn_if_threads() -> bool:
+    """Forking while another thread holds a lock (logging, I/O, allocator) can leave a worker deadlocked.
+
+    True if it warned.
+    """
     current = threading.current_thread()
     ours = current.name.startswith("parallelize-")
     # Our driver thread forks replacement workers while the main thread runs on, as multiprocessing.Pool's
     # worker handler does; the warning is about threads the program started.
     others = [t for t in threading.enumerate()
               if t is not current and t.is_alive() and not t.name.startswith("parallelize-")
-              and not (ours and t is threading.main_thread())]
-    if others:
-        _fork_warned = True
-        warnings.warn(
-            f"starting fork workers while {len(others)} other thread(s) run in this process "
-            f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
-            "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.",
-            ForkAfterThreadsWarning, stacklevel=6)
+              and not (ours and t is threading.main_thread()) and not _harmless(t)]
+    if not others:
+        return False
+    warnings.warn(
+        f"starting fork workers while {len(others)} other thread(s) run in this process "
+        f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
+        "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.",
+        ForkAfterThreadsWarning, stacklevel=6)
+    return True

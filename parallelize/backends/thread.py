@@ -95,7 +95,7 @@ class ThreadBackend(Backend):
 
     def kill(self, key: int, grace: float) -> None:
         # A thread cannot be stopped from outside: disown it. It ends on its own when its task returns.
-        worker = self._workers.pop(key, None)
+        worker = self._workers.get(key)  # forgotten when its Exited event is read, as for processes
         if worker is not None:
             worker.inbox.put(None)
             self._events.put(Exited(key, None, tuple(worker.clock)))
