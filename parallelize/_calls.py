@@ -57,6 +57,7 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     if progress is not None:
         job.progress_listeners.append(progress.update)
     failed = True
+    engine.call_started()
     try:
         engine.submit(job)
         while True:
@@ -77,4 +78,5 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
             engine.cancel(job)  # left early (break, close(), error in the consumer): stop its chunks now
         if progress is not None:
             progress.close(failed=failed)
+        engine.call_ended()
         on_end(failed)

@@ -1,8 +1,9 @@
 """How many CPUs this process may really use: affinity and cgroup quota aware.
 
 Sits before the data path: configuration resolves a default or ``n_jobs=-1`` through
-:func:`cpu_count` before any pool exists. It only reads ``/proc`` and ``/sys`` and keeps no cache,
-because affinity and quotas can change while a process runs and a forked child must see its own.
+:func:`cpu_count` before any pool exists. It only reads ``/proc`` and ``/sys``. The affinity
+mask is read on every call; the cgroup quota is cached for a few seconds per process (a forked child reads its
+own), because quotas rarely change while a process runs and reading them costs a dozen file reads.
 
 ``os.cpu_count()`` reports the machine's CPUs. A container limited by a CFS quota (``docker
 --cpus=2``) or a process pinned with ``taskset`` gets far fewer, and starting one worker per machine
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -54,12 +56,29 @@ class _Mount:
     super_options: frozenset[str]  # for cgroup v1 these name the controllers
 
 
+_CGROUP_TTL_S = 5.0
+_cgroup_cache: tuple[int, float, int | None] | None = None  # (pid, read at, limit)
+
+
 def cpu_count() -> int:
     """Return the number of CPUs this process can use, at least 1.
 
     The minimum of the affinity mask and any cgroup v1/v2 CPU quota (rounded up).
     """
-    return _effective_cpu_count(_affinity_cpu_count(), _cgroup_cpu_limit())
+    return _effective_cpu_count(_affinity_cpu_count(), _cached_cgroup_cpu_limit())
+
+
+def _cached_cgroup_cpu_limit() -> int | None:
+    """The cgroup quota, re-read at most every few seconds: it is a dozen file reads, and every call of a
+    decorated function asks. The affinity mask, one cheap system call, is always read fresh."""
+    global _cgroup_cache
+    now = time.monotonic()
+    cached = _cgroup_cache
+    if cached is not None and cached[0] == os.getpid() and now - cached[1] < _CGROUP_TTL_S:
+        return cached[2]
+    limit = _cgroup_cpu_limit()
+    _cgroup_cache = (os.getpid(), now, limit)
+    return limit
 
 
 def _effective_cpu_count(affinity: int, cgroup_limit: int | None) -> int:

@@ -97,6 +97,7 @@ class Engine:
         self._cv = threading.Condition()
         self._driving = False
         self._async_jobs: set[Job] = set()
+        self._calls = 0  # calls driving jobs on this engine right now (see _calls.run)
         self._tags = itertools.count(1)
         self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
@@ -227,8 +228,18 @@ class Engine:
             except KeyboardInterrupt:
                 continue
 
-    def is_idle(self) -> bool:
-        return not self._jobs and not self._incoming and all(not s.inflight for s in self._slots)
+    def call_started(self) -> None:
+        with self._cv:
+            self._calls += 1
+
+    def call_ended(self) -> None:
+        with self._cv:
+            self._calls -= 1
+
+    def in_use(self) -> bool:
+        """A call is running on this engine (a map, an open imap) or background work is pending."""
+        with self._cv:
+            return self._calls > 0 or bool(self._async_jobs) or bool(self._incoming)
 
     def worker_pids(self) -> list[int]:
         return [slot.pid for slot in self._slots if slot.key is not None and slot.pid is not None]

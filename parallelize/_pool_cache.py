@@ -39,7 +39,7 @@ class PoolHolder:
                 if engine.usable:
                     logger.debug("parallelize: %s: worker settings changed, starting new workers", self.name)
                 self.engine = None
-                if engine.usable and not engine.is_idle():
+                if engine.usable and engine.in_use():
                     self.retiring.append(engine)  # another call (a thread, an open imap) still runs on it
                 else:
                     self._stop(engine)
@@ -53,7 +53,7 @@ class PoolHolder:
         with self.lock:
             if self.engine is engine:
                 self.engine = None
-            if engine.is_idle():
+            if not engine.in_use():
                 self._stop(engine)
             elif engine not in self.retiring:
                 self.retiring.append(engine)
@@ -61,7 +61,7 @@ class PoolHolder:
     def call_ended(self) -> None:
         """Stop replaced engines that no call uses any more."""
         with self.lock:
-            for engine in [e for e in self.retiring if e.is_idle()]:
+            for engine in [e for e in self.retiring if not e.in_use()]:
                 self.retiring.remove(engine)
                 self._stop(engine)
 

@@ -297,7 +297,19 @@ def test_effective_count_is_the_minimum_and_at_least_one(
 def test_cpu_count_uses_the_cgroup_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_cpu, "_affinity_cpu_count", lambda: 16)
     monkeypatch.setattr(_cpu, "_cgroup_cpu_limit", lambda: 3)
+    monkeypatch.setattr(_cpu, "_cgroup_cache", None)
     assert cpu_count() == 3
+
+
+def test_cgroup_limit_is_read_again_after_its_cache_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = iter([3, 5])
+    monkeypatch.setattr(_cpu, "_affinity_cpu_count", lambda: 16)
+    monkeypatch.setattr(_cpu, "_cgroup_cpu_limit", lambda: next(limits))
+    monkeypatch.setattr(_cpu, "_cgroup_cache", None)
+    assert cpu_count() == 3
+    assert cpu_count() == 3  # cached: not read again
+    monkeypatch.setattr(_cpu, "_CGROUP_TTL_S", 0.0)
+    assert cpu_count() == 5
 
 
 def test_cpu_count_on_this_machine_is_within_the_affinity_mask() -> None:
