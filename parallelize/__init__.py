@@ -1,47 +1,68 @@
 """parallelize: fast multiprocessing with a decorator API and an MPIRE-compatible WorkerPool.
 
-The public API lives here and only here; everything in underscore modules is private.
+The public API lives here and only here; everything in underscore modules is private. Names are imported on
+first use (PEP 562), so ``import parallelize`` stays cheap: the decorator pulls in wrapt, the pool pulls in
+multiprocessing, and a program pays only for what it touches.
 """
 
 from __future__ import annotations
 
-from ._config import config as config
-from ._config import show_config as show_config
-from ._cpu import cpu_count as cpu_count
-from ._decorator import BoundParallelFunction as BoundParallelFunction
-from ._decorator import ParallelFunction as ParallelFunction
-from ._decorator import parallel as parallel
-from ._errors import ConfigError as ConfigError
-from ._errors import ForkAfterThreadsWarning as ForkAfterThreadsWarning
-from ._errors import ParallelError as ParallelError
-from ._errors import PoolBusyError as PoolBusyError
-from ._errors import RemoteError as RemoteError
-from ._errors import RemoteTraceback as RemoteTraceback
-from ._errors import ResultPicklingError as ResultPicklingError
-from ._errors import TaskTimeoutError as TaskTimeoutError
-from ._errors import WorkerDiedError as WorkerDiedError
-from .workerpool import AsyncResult as AsyncResult
-from .workerpool import WorkerPool as WorkerPool
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AsyncResult",
-    "BoundParallelFunction",
-    "ConfigError",
-    "ForkAfterThreadsWarning",
-    "ParallelError",
-    "ParallelFunction",
-    "PoolBusyError",
-    "RemoteError",
-    "RemoteTraceback",
-    "ResultPicklingError",
-    "TaskTimeoutError",
-    "WorkerDiedError",
-    "WorkerPool",
-    "__version__",
-    "config",
-    "cpu_count",
-    "parallel",
-    "show_config",
-]
+_WHERE = {
+    "AsyncResult": ".workerpool",
+    "BoundParallelFunction": "._decorator",
+    "ConfigError": "._errors",
+    "ForkAfterThreadsWarning": "._errors",
+    "ParallelError": "._errors",
+    "ParallelFunction": "._decorator",
+    "PoolBusyError": "._errors",
+    "RemoteError": "._errors",
+    "RemoteTraceback": "._errors",
+    "ResultPicklingError": "._errors",
+    "TaskTimeoutError": "._errors",
+    "WorkerDiedError": "._errors",
+    "WorkerPool": ".workerpool",
+    "config": "._config",
+    "cpu_count": "._cpu",
+    "parallel": "._decorator",
+    "show_config": "._config",
+}
+
+__all__ = ["__version__", *sorted(_WHERE)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'parallelize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from ._config import config as config
+    from ._config import show_config as show_config
+    from ._cpu import cpu_count as cpu_count
+    from ._decorator import BoundParallelFunction as BoundParallelFunction
+    from ._decorator import ParallelFunction as ParallelFunction
+    from ._decorator import parallel as parallel
+    from ._errors import ConfigError as ConfigError
+    from ._errors import ForkAfterThreadsWarning as ForkAfterThreadsWarning
+    from ._errors import ParallelError as ParallelError
+    from ._errors import PoolBusyError as PoolBusyError
+    from ._errors import RemoteError as RemoteError
+    from ._errors import RemoteTraceback as RemoteTraceback
+    from ._errors import ResultPicklingError as ResultPicklingError
+    from ._errors import TaskTimeoutError as TaskTimeoutError
+    from ._errors import WorkerDiedError as WorkerDiedError
+    from .workerpool import AsyncResult as AsyncResult
+    from .workerpool import WorkerPool as WorkerPool
