@@ -258,10 +258,16 @@ class _Core:
                 yield value
             return
         engine = self.holder.engine_for(self.settings(options))
+        engine.worker_init_timeout = options.worker_init_timeout
+        engine.worker_exit_timeout = options.worker_exit_timeout
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
                       n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
                       retries=options.retries, retry_backoff=options.retry_backoff)
+        bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
+            if options.progress_bar else None
+        if bar is not None:
+            job.progress_listeners.append(bar.update)
         import asyncio  # here, not at the top: it costs ~15 ms of import time that sync users never need
 
         loop = asyncio.get_running_loop()
@@ -272,6 +278,7 @@ class _Core:
 
         job.progress_listeners.append(notify)
         job.finish_listeners.append(notify)
+        engine.call_started()
         engine.submit(job, background=True)
         try:
             while True:
@@ -289,6 +296,12 @@ class _Core:
             if not job.finished:
                 job.cancel()
                 engine.backend.wakeup()
+            if bar is not None:
+                bar.close(failed=job.error is not None)
+            engine.call_ended()
+            if not options.keep_alive:
+                self.holder.release(engine)
+            self.holder.call_ended()
 
 
 class _Methods(Generic[P, R]):
@@ -348,7 +361,7 @@ class _Methods(Generic[P, R]):
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (empty before the first call and after close())."""
         engine: Engine | None = self._self_core.holder.engine
-        return engine.worker_pids() if engine is not None else []
+        return engine.worker_pids() if engine is not None and engine.usable else []
 
 
 def _wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

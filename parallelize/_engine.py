@@ -98,6 +98,7 @@ class Engine:
         self._driving = False
         self._async_jobs: set[Job] = set()
         self._calls = 0  # calls driving jobs on this engine right now (see _calls.run)
+        self._handover = False  # someone needs the driver's role exclusively (terminate, close)
         self._tags = itertools.count(1)
         self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
@@ -155,7 +156,7 @@ class Engine:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
-                    if not self._driving:
+                    if not self._driving and not self._handover:
                         self._driving = True
                         break
                     self._cv.wait(remaining)
@@ -200,10 +201,12 @@ class Engine:
         """Hold the driver's role (waking the current driver up to hand it over): nobody else touches the
         backend meanwhile."""
         with self._cv:
+            self._handover = True  # drivers waiting for their turn must let us go first
             while self._driving:
                 self.backend.wakeup()
                 self._cv.wait(0.05)
             self._driving = True
+            self._handover = False
         try:
             yield
         finally:

@@ -70,7 +70,7 @@ class InsightsCollector:
         return out
 
     def as_mpire_dict(self) -> dict[str, Any]:
-        """as_dict() with durations as "H:MM:SS.mmm" strings and task arguments as "Arg 0: ..." (MPIRE's form)."""
+        """as_dict() with durations as "H:MM:SS.mmm" strings, as MPIRE gives them (task arguments stay reprs)."""
         data = self.as_dict()
         out: dict[str, Any] = {}
         for key, value in data.items():

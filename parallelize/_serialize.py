@@ -83,18 +83,41 @@ class TaskFailure(NamedTuple):
     traceback_text: str
 
 
+def _dump_exception_by_value(exc: BaseException) -> bytes:
+    """cloudpickle, for exception classes that exist only by value here (defined in the parent's __main__ and
+    shipped with the function): cloudpickle's class tracking maps them back to the parent's own class."""
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
+                return _reduce_exception(obj)
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=PROTOCOL).dump(exc)
+    return buffer.getvalue()
+
+
 def pack_exception(exc: BaseException, index: int = -1) -> TaskFailure:
     """Capture *exc* with its traceback text; pickle it if possible."""
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    payload: bytes | None
-    try:
-        buffer = io.BytesIO()
-        _ExceptionPickler(buffer, protocol=PROTOCOL).dump(exc.with_traceback(None))
-        payload = buffer.getvalue()
-        pickle.loads(payload)  # an exception that pickles but cannot be rebuilt must not fail in the parent
-    except Exception:
-        payload = None
+    payload: bytes | None = None
+    bare = exc.with_traceback(None)
+    for dump in (_dump_exception, _dump_exception_by_value):
+        try:
+            payload = dump(bare)
+            pickle.loads(payload)  # an exception that pickles but cannot be rebuilt must not fail in the parent
+            break
+        except Exception:
+            payload = None
     return TaskFailure(index, payload, type(exc).__qualname__, describe_unpicklable(exc, 500), tb_text)
+
+
+def _dump_exception(exc: BaseException) -> bytes:
+    buffer = io.BytesIO()
+    _ExceptionPickler(buffer, protocol=PROTOCOL).dump(exc)
+    return buffer.getvalue()
 
 
 def unpack_exception(failure: TaskFailure) -> BaseException:
