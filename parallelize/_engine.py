@@ -184,8 +184,9 @@ class Engine:
         return self.exit_results
 
     def terminate(self) -> None:
-        """End every worker now: no exit hooks, in-flight work is lost."""
-        if self.closed or self._pid != os.getpid():
+        """End every worker now: no exit hooks, in-flight work is lost. Safe to call again after an interruption:
+        it finishes what an interrupted call left (abort() relies on that)."""
+        if self._pid != os.getpid():
             return
         self._stopping = True
         with self._exclusive():
@@ -281,6 +282,7 @@ class Engine:
             job = self._to_cancel.pop()
             for slot in self._slots:
                 if slot.key is not None and not slot.killed and any(j is job for j, _ in slot.inflight):
+                    # (a worker still starting has the signal blocked until its handler is installed)
                     self.backend.clock(slot.key)[CLOCK_CANCEL] = job.id + 1
                     self.backend.interrupt(slot.key)
 
@@ -560,10 +562,8 @@ class Engine:
         return self.drive(lambda: not self._async_jobs, timeout)
 
     def _close_backend(self, timeout: float) -> None:
-        if self.closed:
-            return
         self.closed = True
-        self.backend.close(timeout)
+        self.backend.close(timeout)  # idempotent, and resumes a close interrupted by a second Ctrl-C
         background = self._background
         if background is not None and background is not threading.current_thread():
             with self._cv:

@@ -7,6 +7,7 @@ their ``__init__`` again, so exceptions with custom constructor signatures survi
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import io
 import pickle
@@ -62,13 +63,25 @@ def _reduce_exception(exc: BaseException) -> tuple[Any, ...]:
     return (_rebuild_exception, (type(exc), exc.args, state))
 
 
+# Exceptions whose __init__ is a builtin one rebuild exactly with cls(*args) (that is how SystemExit.code or
+# OSError.errno come back); only a class with its own __init__ needs the rebuild that skips __init__.
+_BUILTIN_EXCEPTION_INITS = {
+    cls.__init__ for cls in vars(builtins).values() if isinstance(cls, type) and issubclass(cls, BaseException)
+}
+
+
+def _needs_custom_reduce(obj: Any) -> bool:
+    return (isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__
+            and type(obj).__init__ not in _BUILTIN_EXCEPTION_INITS)
+
+
 class _ExceptionPickler(pickle.Pickler):
     """Pickles exceptions without relying on ``cls(*args)`` reconstructing them."""
 
     dispatch_table = copyreg.dispatch_table.copy()
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
+        if _needs_custom_reduce(obj):
             return _reduce_exception(obj)
         return NotImplemented
 
@@ -90,7 +103,7 @@ def _dump_exception_by_value(exc: BaseException) -> bytes:
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:
-            if isinstance(obj, BaseException) and type(obj).__reduce__ is BaseException.__reduce__:
+            if _needs_custom_reduce(obj):
                 return _reduce_exception(obj)
             return super().reducer_override(obj)
 

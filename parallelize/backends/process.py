@@ -38,6 +38,9 @@ _WAKE = -1
 
 
 CANCEL_SIGNAL = signal.SIGUSR1
+# Blocked while a worker starts, and inherited blocked: a Ctrl-C or a cancellation arriving before the worker
+# has installed its handlers waits for them instead of killing it (or printing a traceback).
+_STARTUP_BLOCKED = {signal.SIGINT, CANCEL_SIGNAL}
 
 
 class _SpawnSpec:
@@ -67,6 +70,8 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     _watch_parent(lifeline)
     slots = memoryview(clock).cast("B").cast("q")  # int64 slots; a memoryview write is the cheapest per task
     signal.signal(CANCEL_SIGNAL, _worker.cancel_signal_handler(slots))
+    # Both were blocked by the parent around the start (see start_worker); from here on they are handled.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
     _worker.in_worker_process = True
     if isinstance(spec_payload, bytes):
         spec = loads(spec_payload)
@@ -149,6 +154,12 @@ class ProcessBackend(Backend):
         clock = self._ctx.RawArray("q", CLOCK_SIZE)
         if self.name == "fork" and not self._fork_warned:
             self._fork_warned = _warn_if_threads()
+        if self.name == "forkserver":
+            # Start the server before blocking signals below, or it would keep them blocked for every process
+            # it ever forks, the program's own included.
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
         # Under fork the spec (shared objects included) is inherited as it is: copy-on-write, nothing pickled.
         payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
             [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
@@ -161,6 +172,7 @@ class ProcessBackend(Backend):
                     name=f"parallelize-worker-{spec.worker_id}",
                     daemon=self._daemon,
                 )
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
                 try:
                     process.start()
                     break
@@ -168,6 +180,8 @@ class ProcessBackend(Backend):
                     # Shared objects multiprocessing cannot pickle (a lambda inside): all by cloudpickle instead.
                     if attempt == len(payloads) - 1:
                         raise
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 self._forget_fd(conn)
