@@ -118,7 +118,7 @@ class _Insights:
         return WorkerStats(self.n_completed, self.waiting_time, self.working_time, slowest)
 
 
-_WHOLE_TYPES = (int, float, complex, bool, str, bytes, type(None))
+_WHOLE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None)))
 
 
 def call_item(func: Callable[..., Any], item: Any, call_mode: int) -> Any:
@@ -272,9 +272,13 @@ def _run_chunk(
                         clock[CLOCK_INDEX] = index
                         append(func(*args, **kwargs))
                 elif chunk.call_mode == CALL_MPIRE:
+                    whole = _WHOLE_TYPES
                     for index, item in enumerate(chunk.items):
                         clock[CLOCK_INDEX] = index
-                        if type(item) is tuple:
+                        kind = type(item)
+                        if kind in whole:
+                            append(func(item))
+                        elif kind is tuple or kind is list:
                             append(func(*item))
                         else:
                             append(call_item(func, item, CALL_MPIRE))
