@@ -37,6 +37,32 @@ def dumps_by_value(obj: Any) -> bytes:
 
 loads = pickle.loads
 
+OUT_OF_BAND_MIN = 1 << 16  # buffers at least this large travel beside the pickle, not copied into it
+
+
+def dumps_out_of_band(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle *obj*, keeping large contiguous buffers (numpy arrays) out of the pickle (protocol 5).
+
+    The buffers are returned as memoryviews of the objects' own memory: written to a pipe from there, they are
+    never copied in user space, and the receiver rebuilds arrays directly on the bytes it read.
+    """
+    buffers: list[memoryview] = []
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep_in_band), buffers
+    except _PICKLE_FAILURES:
+        buffers.clear()
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep_in_band), buffers
+
 
 def describe_unpicklable(obj: Any, limit: int = 200) -> str:
     """A short, capped description of an object for error messages."""

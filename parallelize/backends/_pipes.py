@@ -2,21 +2,31 @@
 
 The parent never blocks on a write (a full pipe keeps the rest in an outbox and waits for writability), so a
 worker busy writing a large result and a parent writing a large chunk can never deadlock each other.
+
+A frame is: total length (8 bytes) | buffer count, pickle length (4 + 8) | each buffer's length (8 each) |
+the pickle | the out-of-band buffers (large numpy arrays, pickle protocol 5). Buffers are written straight from
+the arrays' memory and read into one writable bytearray on which the receiver's arrays are rebuilt: no copy
+into or out of the pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
+import itertools
 import os
+import pickle
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
-from .._serialize import dumps, loads
+from .._serialize import dumps_out_of_band
 from .._worker import ResultUnpicklable
 
 HEADER = struct.Struct("<Q")
+LAYOUT = struct.Struct("<IQ")  # number of out-of-band buffers, length of the pickle
+_MAX_IOV = 64  # iovecs per writev call (well under IOV_MAX)
 _READ_SIZE = 1 << 18
 PIPE_SIZE = 1 << 20  # bigger pipes mean fewer wake-ups for large messages
 
@@ -29,14 +39,37 @@ def enlarge_pipe(fd: int) -> None:
             fcntl.fcntl(fd, setpipe, PIPE_SIZE)
 
 
-def frame(payload: bytes) -> list[memoryview]:
-    return [memoryview(HEADER.pack(len(payload))), memoryview(payload)]
+def encode(message: Any) -> list[memoryview]:
+    """The parts of one frame carrying *message*, ready for writev. Raises if it cannot be pickled."""
+    data, buffers = dumps_out_of_band(message)
+    sizes = [buffer.nbytes for buffer in buffers]
+    layout = LAYOUT.pack(len(buffers), len(data)) + struct.pack(f"<{len(sizes)}Q", *sizes)
+    total = len(layout) + len(data) + sum(sizes)
+    return [memoryview(HEADER.pack(total) + layout), memoryview(data), *buffers]
+
+
+def decode(body: bytes | bytearray | memoryview) -> Any:
+    """The message in one frame's body (everything after the length)."""
+    view = memoryview(body)
+    n_buffers, data_size = LAYOUT.unpack_from(view, 0)
+    offset = LAYOUT.size
+    sizes = struct.unpack_from(f"<{n_buffers}Q", view, offset)
+    offset += 8 * n_buffers
+    data = view[offset : offset + data_size]
+    offset += data_size
+    buffers: list[Any] = []
+    for size in sizes:
+        part = view[offset : offset + size]
+        offset += size
+        # Arrays built on read-only memory would be read-only: copy in that (small-frame) case only.
+        buffers.append(bytearray(part) if part.readonly else part)
+    return pickle.loads(data, buffers=buffers)
 
 
 def write_all(fd: int, parts: list[memoryview]) -> None:
     """Blocking write of every byte of *parts* (the worker side)."""
     while parts:
-        written = os.writev(fd, parts)
+        written = os.writev(fd, parts[:_MAX_IOV])
         _consume(parts, written)
 
 
@@ -58,7 +91,8 @@ class ChildChannel:
     """The worker's end: blocking reads of tasks, blocking writes of results."""
 
     def __init__(self, task_fd: int, result_fd: int) -> None:
-        self._reader = open(task_fd, "rb", buffering=_READ_SIZE, closefd=False)  # noqa: SIM115  (lives as long as the worker)
+        # Lives as long as the worker, hence no `with`.
+        self._reader = cast(io.BufferedReader, open(task_fd, "rb", buffering=_READ_SIZE, closefd=False))  # noqa: SIM115
         self._result_fd = result_fd
 
     def recv(self) -> Any:
@@ -66,17 +100,22 @@ class ChildChannel:
         if len(header) < HEADER.size:
             raise EOFError
         (size,) = HEADER.unpack(header)
-        body = self._reader.read(size)
-        if len(body) < size:
-            raise EOFError
-        return loads(body)
+        body = bytearray(size)  # writable: arrays rebuilt on it must be writable, as unpickled ones are
+        view = memoryview(body)
+        filled = 0
+        while filled < size:
+            n = self._reader.readinto(view[filled:])
+            if not n:
+                raise EOFError
+            filled += n
+        return decode(body)
 
     def send(self, message: Any) -> None:
         try:
-            payload = dumps(message)
+            parts = encode(message)
         except Exception as exc:
             raise ResultUnpicklable(f"{type(exc).__name__}: {exc}") from exc
-        write_all(self._result_fd, frame(payload))
+        write_all(self._result_fd, parts)
 
 
 class FrameReader:
@@ -148,14 +187,13 @@ class ParentWriter:
         self.fd = fd
         self.outbox: deque[memoryview] = deque()
 
-    def send(self, payload: bytes) -> bool:
+    def send(self, parts: list[memoryview]) -> bool:
         """Write what fits now; True when something is left for later (wait for writability)."""
-        parts = frame(payload)
         if self.outbox:
             self.outbox.extend(parts)
             return True
         try:
-            written = os.writev(self.fd, parts)
+            written = os.writev(self.fd, parts[:_MAX_IOV])
         except BlockingIOError:
             written = 0
         _consume(parts, written)
@@ -166,7 +204,7 @@ class ParentWriter:
         """Write more of the outbox; True while something is still left."""
         while self.outbox:
             try:
-                written = os.writev(self.fd, list(self.outbox)[:64])
+                written = os.writev(self.fd, list(itertools.islice(self.outbox, _MAX_IOV)))
             except BlockingIOError:
                 return True
             _consume(self.outbox, written)

@@ -24,10 +24,10 @@ from typing import Any
 
 from .. import _worker
 from .._errors import ForkAfterThreadsWarning
-from .._serialize import dumps, dumps_by_value, loads
+from .._serialize import dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
-from ._pipes import ChildChannel, FrameReader, ParentWriter, enlarge_pipe
+from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
 
 # File descriptors that belong to the parent side of some pool. A forked child inherits them all; it closes them
 # at once so that, e.g., a worker never keeps another worker's task pipe open (which would hide the parent's death
@@ -198,9 +198,9 @@ class ProcessBackend(Backend):
 
     def send(self, key: int, message: Any) -> None:
         worker = self._workers[key]
-        payload = dumps(message)  # a serialisation error is the caller's to report
+        parts = encode(message)  # a serialisation error is the caller's to report
         try:
-            pending = worker.writer.send(payload)
+            pending = worker.writer.send(parts)
         except (BrokenPipeError, ConnectionResetError):
             # The worker has ended and the parent has not seen it yet: its sentinel will say so, and whatever
             # was sent to it is dealt with then (sent again, or failed with WorkerDiedError).
@@ -234,7 +234,7 @@ class ProcessBackend(Backend):
         if worker is None:
             return
         frames, eof = worker.reader.read_available()
-        events.extend(Received(key, loads(f)) for f in frames)
+        events.extend(Received(key, decode(f)) for f in frames)
         if eof and worker.result_open:
             worker.result_open = False
             self._selector.unregister(worker.reader.fd)
@@ -262,7 +262,7 @@ class ProcessBackend(Backend):
             # the pipe; whatever it has not written by now is not coming.
             while True:
                 frames, eof = worker.reader.read_available()
-                events.extend(Received(key, loads(f)) for f in frames)
+                events.extend(Received(key, decode(f)) for f in frames)
                 if eof or not frames:
                     break
         worker.process.join(timeout=5)
