@@ -174,6 +174,12 @@ class _Core:
         target = self.target(instance)
         if self.serial_mode(options):
             return self.run_serial(target, iterable, options)
+        engine, job, bar = self.start_map(target, iterable, options, ordered)
+        return run(engine, job, bar, lambda failed: self.end_map(engine, options))
+
+    def start_map(self, target: TaskTarget, iterable: Any, options: Options,
+                  ordered: bool) -> tuple[Engine, Job, ProgressBar | None]:
+        """The pool for *options*, and a job (with its progress bar) of *target* over *iterable* on it."""
         engine = self.holder.engine_for(self.settings(options))
         engine.worker_init_timeout = options.worker_init_timeout
         engine.worker_exit_timeout = options.worker_exit_timeout
@@ -183,13 +189,13 @@ class _Core:
                       retries=options.retries, retry_backoff=options.retry_backoff)
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
+        return engine, job, bar
 
-        def on_end(failed: bool) -> None:
-            if not options.keep_alive:
-                self.holder.release(engine)
-            self.holder.call_ended()
-
-        return run(engine, job, bar, on_end)
+    def end_map(self, engine: Engine, options: Options) -> None:
+        """After a call: its own pool ends with keep_alive=False; replaced pools end once no call uses them."""
+        if not options.keep_alive:
+            self.holder.release(engine)
+        self.holder.call_ended()
 
     def run_serial(self, target: TaskTarget, iterable: Any, options: Options) -> list[Any]:
         """Everything in this process, as a single worker would: init hook, each item, exit hook."""
@@ -257,15 +263,7 @@ class _Core:
             for value in self.run_serial(target, iterable, options):
                 yield value
             return
-        engine = self.holder.engine_for(self.settings(options))
-        engine.worker_init_timeout = options.worker_init_timeout
-        engine.worker_exit_timeout = options.worker_exit_timeout
-        job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
-                      max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
-                      retries=options.retries, retry_backoff=options.retry_backoff)
-        bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
-            if options.progress_bar else None
+        engine, job, bar = self.start_map(target, iterable, options, ordered)
         if bar is not None:
             job.progress_listeners.append(bar.update)
         import asyncio  # here, not at the top: it costs ~15 ms of import time that sync users never need
@@ -299,9 +297,7 @@ class _Core:
             if bar is not None:
                 bar.close(failed=job.error is not None)
             engine.call_ended()
-            if not options.keep_alive:
-                self.holder.release(engine)
-            self.holder.call_ended()
+            self.end_map(engine, options)
 
 
 class _Methods(Generic[P, R]):
