@@ -342,8 +342,13 @@ class _Methods(Generic[P, R]):
         return self._self_core.target(self._instance()).parallelize_callable(*args, **kwargs)  # type: ignore[no-any-return]
 
     def close(self) -> list[Any]:
-        """Stop this function's workers (their exit hooks run); returns the exit results."""
-        return self._self_core.holder.close()
+        """Stop this function's workers (their exit hooks run); returns the exit results.
+
+        Also drops the per-instance targets of a decorated method, which keep their instances alive until then.
+        """
+        core = self._self_core
+        core.targets.clear()
+        return core.holder.close()
 
     @property
     def exit_results(self) -> list[Any]:
