@@ -38,13 +38,6 @@ def known_length(iterable: Iterable[Any], iterable_len: int | None) -> int | Non
         return None
 
 
-def check_positive_int(name: str, value: Any, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-
-
 class ChunkSizer:
     """Decides the size of each next chunk."""
 

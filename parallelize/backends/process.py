@@ -142,10 +142,6 @@ class ProcessBackend(Backend):
             if main is not None:
                 sys.modules.setdefault("__mp_main__", main)
 
-    @property
-    def context(self) -> Any:
-        return self._ctx
-
     def start_worker(self, key: int, spec: WorkerSpec) -> None:
         task_r, task_w = self._ctx.Pipe(duplex=False)
         result_r, result_w = self._ctx.Pipe(duplex=False)
