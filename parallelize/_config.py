@@ -32,15 +32,6 @@ def _default_start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _n_jobs(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value == 0:
-        raise ConfigError(f"{name} must be a positive integer, -1 for all CPUs (-k: all but k-1) or None, "
-                          f"got {value!r}")
-    return value
-
-
 def _positive_int(name: str, value: Any) -> Any:
     return check.positive_int(name, value)
 
@@ -130,7 +121,7 @@ class _Option:
 
 
 OPTIONS: dict[str, _Option] = {
-    "n_jobs": _Option(None, _n_jobs, _env.parse_int),
+    "n_jobs": _Option(None, check.n_jobs_value, _env.parse_int),
     "backend": _Option("process", _choice(BACKENDS), _env.parse_str),
     "start_method": _Option(None, _start_method, _env.parse_str),
     "chunk_size": _Option(None, _chunk_size, _env.parse_float),

@@ -44,14 +44,20 @@ def start_method(value: Any) -> str:
     return str(value)
 
 
+def n_jobs_value(name: str, value: Any) -> int | None:
+    """Check an n_jobs value without resolving it: a non-zero integer or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0):
+        raise ConfigError(f"{name} must be a positive integer, a negative count from the CPU total (-1 = all, -k = "
+                          f"all but k-1) or None, got {value!r}")
+    return value
+
+
 def n_jobs(value: Any, available: int) -> int:
     """None means every available CPU; -k means all but k-1 (at least 1)."""
-    if value is None:
+    checked = n_jobs_value("n_jobs", value)
+    if checked is None:
         return available
-    if isinstance(value, bool) or not isinstance(value, int) or value == 0:
-        raise ConfigError(f"n_jobs must be a positive integer, a negative count from the CPU total (-1 = all) "
-                          f"or None, got {value!r}")
-    return value if value > 0 else max(1, available + 1 + value)
+    return checked if checked > 0 else max(1, available + 1 + checked)
 
 
 def cpu_ids(value: Any, n_workers: int) -> tuple[tuple[int, ...] | None, ...]:

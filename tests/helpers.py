@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+import psutil
+
 
 def square(x: int) -> int:
     return x * x
@@ -59,3 +61,15 @@ def init_state(worker_state: dict[str, Any]) -> None:
 
 def exit_state(worker_state: dict[str, Any]) -> int:
     return int(worker_state.get("n", 0))
+
+
+def child_keys() -> set[tuple[int, float]]:
+    """Live (pid, create_time) of this process's descendants."""
+    keys = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                keys.add((proc.pid, proc.create_time()))
+        except psutil.Error:
+            pass
+    return keys

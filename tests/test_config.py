@@ -21,6 +21,7 @@ import pytest
 
 import decorated_helpers as dh
 import parallelize
+from helpers import child_keys
 from parallelize import ConfigError, ParallelFunction, TaskTimeoutError, config, parallel, show_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,17 +60,6 @@ def chunk_length(func: Any, **call_options: Any) -> int:
     second (with two workers the least busy worker takes the next chunk)."""
     pids = func(range(8), **call_options)
     return next((i for i, pid in enumerate(pids) if pid != pids[0]), len(pids))
-
-
-def child_keys() -> set[tuple[int, float]]:
-    keys = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                keys.add((proc.pid, proc.create_time()))
-        except psutil.Error:
-            pass
-    return keys
 
 
 # --- config() -------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import pytest
 import decorated_helpers as dh
 import parallelize
 from decorated_helpers import Scaler, SubScaler
+from helpers import child_keys
 from parallelize import ParallelFunction, parallel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,18 +67,6 @@ def closing() -> Iterator[Callable[[Any], Any]]:
     yield register
     for func in made:
         func.close()
-
-
-def child_keys() -> set[tuple[int, float]]:
-    """Live (pid, create_time) of this process's descendants."""
-    keys = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                keys.add((proc.pid, proc.create_time()))
-        except psutil.Error:
-            pass
-    return keys
 
 
 def is_running(pid: int) -> bool:
