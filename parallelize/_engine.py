@@ -385,7 +385,13 @@ class Engine:
             return  # from a worker already given up on (a disowned thread)
         kind = type(message)
         if kind is ChunkDone:
+            if slot.killed:
+                # From a worker being stopped (a timeout): what it still had is sent again when it has exited.
+                return
             job, chunk = slot.inflight.popleft()
+            if chunk.tag != message.tag:  # workers answer in order: anything else is a bug to report, not hide
+                raise RuntimeError(f"parallelize internal error: worker {slot.worker_id} answered chunk tag "
+                                   f"{message.tag}, expected {chunk.tag}")
             if message.cancelled and not job.finished:
                 job.requeue(chunk)  # interrupted by a cancellation meant for another job
             else:

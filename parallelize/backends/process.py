@@ -306,9 +306,12 @@ class ProcessBackend(Backend):
             return
         process = worker.process
         if process.exitcode is None:
-            _kill_descendants(process.pid)
+            # Listed first (they are reparented once the worker dies), killed after it is signalled: killed first,
+            # they would let the worker's task return and the worker run on for a moment.
+            descendants = _descendants(process.pid)
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
+            _kill_all(descendants)
             process.join(grace)
             if process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -355,17 +358,22 @@ def _neutralise_inherited_fds() -> None:
 os.register_at_fork(after_in_child=_neutralise_inherited_fds)
 
 
-def _kill_descendants(pid: int) -> None:
-    """Processes a worker started (a subprocess in a task) do not outlive a worker that is being stopped."""
+def _descendants(pid: int) -> list[Any]:
+    """Processes a worker started (a subprocess in a task): they must not outlive a worker being stopped."""
     import psutil
 
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        return list(psutil.Process(pid).children(recursive=True))
     except psutil.Error:
-        return
-    for child in children:
+        return []
+
+
+def _kill_all(processes: list[Any]) -> None:
+    import psutil
+
+    for process in processes:
         with contextlib.suppress(psutil.Error):
-            child.kill()
+            process.kill()
 
 
 def _harmless(thread: threading.Thread) -> bool:
