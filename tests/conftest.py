@@ -178,3 +178,11 @@ def start_method(request: pytest.FixtureRequest) -> str:
 def fast_start_method(request: pytest.FixtureRequest) -> str:
     """The two cheap start methods, for tests whose behaviour does not depend on how workers start."""
     return str(request.param)
+
+
+@pytest.fixture
+def no_parallelize_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PARALLELIZE_* variable from the outside leaks into the test."""
+    for name in list(os.environ):
+        if name.startswith("PARALLELIZE_"):
+            monkeypatch.delenv(name)

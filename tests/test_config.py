@@ -28,11 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment_and_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment_and_pools(no_parallelize_env: None) -> Iterator[None]:
     """No PARALLELIZE_* variable from the outside leaks in; every decorated helper is closed after the test."""
-    for name in list(os.environ):
-        if name.startswith("PARALLELIZE_"):
-            monkeypatch.delenv(name)
     yield
     for func in vars(dh).values():
         if isinstance(func, ParallelFunction):

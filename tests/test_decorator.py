@@ -45,11 +45,8 @@ def _all_decorated() -> list[Any]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment_and_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment_and_pools(no_parallelize_env: None) -> Iterator[None]:
     """No PARALLELIZE_* variable from the outside leaks in; every decorated helper is closed after the test."""
-    for name in list(os.environ):
-        if name.startswith("PARALLELIZE_"):
-            monkeypatch.delenv(name)
     yield
     for func in _all_decorated():
         func.close()
