@@ -3,10 +3,12 @@
 The parent never blocks on a write (a full pipe keeps the rest in an outbox and waits for writability), so a
 worker busy writing a large result and a parent writing a large chunk can never deadlock each other.
 
-A frame is: total length (8 bytes) | buffer count, pickle length (4 + 8) | each buffer's length (8 each) |
-the pickle | the out-of-band buffers (large numpy arrays, pickle protocol 5). Buffers are written straight from
-the arrays' memory and read into one writable bytearray on which the receiver's arrays are rebuilt: no copy
-into or out of the pickle.
+A frame is: total length (8 bytes) | buffer count, pickle length, released count (4 + 8 + 4) | per out-of-band
+buffer its length and place (8 + 8) | released task-arena offsets (8 each) | the pickle | the inline buffers.
+Out-of-band buffers are large numpy arrays (pickle protocol 5). A buffer's place is -1 when it follows the
+pickle in the frame (written straight from the array's memory, read into one writable bytearray the receiver's
+arrays are rebuilt on), else where it lies in the worker's shared memory (see _shm): no copy into or out of the
+pickle either way. Frames from a worker also list the task-arena regions it no longer uses.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import os
 import pickle
 import struct
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from .._serialize import dumps_out_of_band
 from .._worker import ResultUnpicklable
+from ._shm import SHARED_MIN, InheritedFd, ResultRing, TaskArenaReader
 
 HEADER = struct.Struct("<Q")
-LAYOUT = struct.Struct("<IQ")  # number of out-of-band buffers, length of the pickle
+LAYOUT = struct.Struct("<IQI")  # number of out-of-band buffers, length of the pickle, number of released regions
+INLINE = -1  # the place of a buffer carried in the frame itself
 _MAX_IOV = 64  # iovecs per writev call (well under IOV_MAX)
 _READ_SIZE = 1 << 18
 PIPE_SIZE = 1 << 20  # bigger pipes mean fewer wake-ups for large messages
@@ -39,26 +44,56 @@ def enlarge_pipe(fd: int) -> None:
             fcntl.fcntl(fd, setpipe, PIPE_SIZE)
 
 
-def encode(message: Any) -> list[memoryview]:
-    """The parts of one frame carrying *message*, ready for writev. Raises if it cannot be pickled."""
+def _descriptor_format(n_buffers: int, n_released: int) -> str:
+    return "<" + "Qq" * n_buffers + f"{n_released}Q"
+
+
+Place = Callable[[memoryview], int]  # copies a buffer into shared memory: where it lies, or INLINE
+Fetch = Callable[[int, int], Any]  # (place, size) -> a buffer object to rebuild the array on
+
+
+def encode(message: Any, place: Place | None = None, released: Sequence[int] = ()) -> list[memoryview]:
+    """The parts of one frame carrying *message*, ready for writev. Raises if it cannot be pickled.
+
+    With *place*, large buffers go to shared memory where it has room; *released* task-arena offsets ride along.
+    """
     data, buffers = dumps_out_of_band(message)
-    sizes = [buffer.nbytes for buffer in buffers]
-    layout = LAYOUT.pack(len(buffers), len(data)) + struct.pack(f"<{len(sizes)}Q", *sizes)
-    total = len(layout) + len(data) + sum(sizes)
-    return [memoryview(HEADER.pack(total) + layout), memoryview(data), *buffers]
+    descriptors: list[int] = []
+    inline: list[memoryview] = []
+    for buffer in buffers:
+        where = place(buffer) if place is not None and buffer.nbytes >= SHARED_MIN else INLINE
+        if where == INLINE:
+            inline.append(buffer)
+        descriptors += (buffer.nbytes, where)
+    layout = (LAYOUT.pack(len(buffers), len(data), len(released))
+              + struct.pack(_descriptor_format(len(buffers), len(released)), *descriptors, *released))
+    total = len(layout) + len(data) + sum(buffer.nbytes for buffer in inline)
+    return [memoryview(HEADER.pack(total) + layout), memoryview(data), *inline]
 
 
-def decode(body: bytes | bytearray | memoryview) -> Any:
-    """The message in one frame's body (everything after the length)."""
+def decode(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
+           release: Callable[[list[int]], None] | None = None) -> Any:
+    """The message in one frame's body (everything after the length).
+
+    *fetch* gives the buffers that lie in shared memory; *release* receives the offsets the worker handed back.
+    """
     view = memoryview(body)
-    n_buffers, data_size = LAYOUT.unpack_from(view, 0)
+    n_buffers, data_size, n_released = LAYOUT.unpack_from(view, 0)
     offset = LAYOUT.size
-    sizes = struct.unpack_from(f"<{n_buffers}Q", view, offset)
-    offset += 8 * n_buffers
+    descriptors = struct.unpack_from(_descriptor_format(n_buffers, n_released), view, offset)
+    offset += 16 * n_buffers + 8 * n_released
+    if n_released and release is not None:
+        release(list(descriptors[2 * n_buffers :]))
     data = view[offset : offset + data_size]
     offset += data_size
     buffers: list[Any] = []
-    for size in sizes:
+    for index in range(n_buffers):
+        size, where = descriptors[2 * index], descriptors[2 * index + 1]
+        if where != INLINE:
+            if fetch is None:
+                raise RuntimeError("a frame refers to shared memory this side does not have")
+            buffers.append(fetch(where, size))
+            continue
         part = view[offset : offset + size]
         offset += size
         # Arrays built on read-only memory would be read-only: copy in that (small-frame) case only.
@@ -88,12 +123,23 @@ def _consume(parts: list[memoryview] | deque[memoryview], written: int) -> None:
 
 
 class ChildChannel:
-    """The worker's end: blocking reads of tasks, blocking writes of results."""
+    """The worker's end: blocking reads of tasks, blocking writes of results; large buffers through shared memory
+    when the parent provided it."""
 
-    def __init__(self, task_fd: int, result_fd: int) -> None:
+    def __init__(self, task_fd: int, result_fd: int, shared: tuple[InheritedFd, InheritedFd] | None = None) -> None:
         # Lives as long as the worker, hence no `with`.
         self._reader = cast(io.BufferedReader, open(task_fd, "rb", buffering=_READ_SIZE, closefd=False))  # noqa: SIM115
         self._result_fd = result_fd
+        self._arena: TaskArenaReader | None = None
+        self._ring: ResultRing | None = None
+        self._unreported: list[int] = []  # released task-arena offsets not yet told to the parent
+        if shared is not None:
+            self._arena = TaskArenaReader(shared[0].fd)
+            self._ring = ResultRing(shared[1].fd, writer=True)
+
+    def fds(self) -> list[int]:
+        """The descriptors this channel owns besides the two pipes."""
+        return [] if self._ring is None else [self._ring.fd]
 
     def recv(self) -> Any:
         header = self._reader.read(HEADER.size)
@@ -108,11 +154,16 @@ class ChildChannel:
             if not n:
                 raise EOFError
             filled += n
-        return decode(body)
+        return decode(body, None if self._arena is None else self._arena.view)
 
     def send(self, message: Any) -> None:
         try:
-            parts = encode(message)
+            if self._ring is None or self._arena is None:
+                parts = encode(message)
+            else:
+                self._unreported += self._arena.released()
+                parts = encode(message, self._ring.place, self._unreported)
+                self._unreported.clear()
         except Exception as exc:
             raise ResultUnpicklable(f"{type(exc).__name__}: {exc}") from exc
         write_all(self._result_fd, parts)

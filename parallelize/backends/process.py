@@ -28,6 +28,7 @@ from .._serialize import dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
 from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
+from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
 
 # File descriptors that belong to the parent side of some pool. A forked child inherits them all; it closes them
 # at once so that, e.g., a worker never keeps another worker's task pipe open (which would hide the parent's death
@@ -58,7 +59,7 @@ class _SpawnSpec:
 
 
 def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Connection, result_conn: Connection,
-                 lifeline: Connection, clock: Any) -> None:
+                 lifeline: Connection, clock: Any, shared: tuple[InheritedFd, InheritedFd] | None) -> None:
     for fd in list(_PARENT_ONLY_FDS):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -81,9 +82,10 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
         spec = spec_payload
     if spec.cpu_ids:
         os.sched_setaffinity(0, spec.cpu_ids)
+    channel = ChildChannel(task_conn.fileno(), result_conn.fileno(), shared)
     # Pools started inside this worker must not leak this worker's own pipes into their workers.
-    _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno()))
-    run_worker(spec, ChildChannel(task_conn.fileno(), result_conn.fileno()), slots)
+    _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno(), *channel.fds()))
+    run_worker(spec, channel, slots)
 
 
 def _watch_parent(lifeline: Connection) -> None:
@@ -105,7 +107,7 @@ def _watch_parent(lifeline: Connection) -> None:
 
 class _ProcWorker:
     def __init__(self, process: Any, task_conn: Connection, result_conn: Connection,
-                 clock: MutableSequence[int]) -> None:
+                 clock: MutableSequence[int], shared: tuple[TaskArena, ResultRing] | None) -> None:
         self.process = process
         self.task_conn = task_conn
         self.result_conn = result_conn
@@ -115,6 +117,20 @@ class _ProcWorker:
         self.sentinel: int = process.sentinel
         self.result_open = True
         self.want_write = False
+        self.arena: TaskArena | None = shared[0] if shared is not None else None
+        self.ring: ResultRing | None = shared[1] if shared is not None else None
+
+    def decode(self, frame: Any) -> Any:
+        if self.arena is None or self.ring is None:
+            return decode(frame)
+        return decode(frame, self.ring.take, self.arena.release)
+
+    def close_shared(self) -> None:
+        if self.arena is not None and self.ring is not None:
+            _PARENT_ONLY_FDS.discard(self.arena.fd)
+            self.arena.close()
+            self.ring.close()
+            self.arena = self.ring = None
 
 
 class ProcessBackend(Backend):
@@ -160,11 +176,13 @@ class ProcessBackend(Backend):
         payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
             [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
         _PARENT_ONLY_FDS.update((task_w.fileno(), result_r.fileno()))
+        segment_fds = create_segment_fds()
+        shared_fds = None if segment_fds is None else (InheritedFd(segment_fds[0]), InheritedFd(segment_fds[1]))
         try:
             for attempt, payload in enumerate(payloads):
                 process = self._ctx.Process(
                     target=_child_entry,
-                    args=(payload(), task_r, result_w, self._lifeline_r, clock),
+                    args=(payload(), task_r, result_w, self._lifeline_r, clock, shared_fds),
                     name=f"parallelize-worker-{spec.worker_id}",
                     daemon=self._daemon,
                 )
@@ -181,20 +199,28 @@ class ProcessBackend(Backend):
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 self._forget_fd(conn)
+            for fd in segment_fds or ():
+                os.close(fd)
             raise
         finally:
             task_r.close()  # the child's ends: the parent must not keep them, or EOF is never seen
             result_w.close()
         os.set_blocking(task_w.fileno(), False)
         os.set_blocking(result_r.fileno(), False)
-        worker = _ProcWorker(process, task_w, result_r, clock)
+        # The child has its own descriptors now (inherited or duplicated at start); the parent keeps mappings only.
+        shared = None
+        if segment_fds is not None:
+            shared = (TaskArena(segment_fds[0]), ResultRing(segment_fds[1], writer=False))
+            _PARENT_ONLY_FDS.add(shared[0].fd)
+        worker = _ProcWorker(process, task_w, result_r, clock, shared)
         self._workers[key] = worker
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", key))
 
     def send(self, key: int, message: Any) -> None:
         worker = self._workers[key]
-        parts = encode(message)  # a serialisation error is the caller's to report
+        # A serialisation error is the caller's to report.
+        parts = encode(message, None if worker.arena is None else worker.arena.place)
         try:
             pending = worker.writer.send(parts)
         except (BrokenPipeError, ConnectionResetError):
@@ -230,7 +256,7 @@ class ProcessBackend(Backend):
         if worker is None:
             return
         frames, eof = worker.reader.read_available()
-        events.extend(Received(key, decode(f)) for f in frames)
+        events.extend(Received(key, worker.decode(f)) for f in frames)
         if eof and worker.result_open:
             worker.result_open = False
             self._selector.unregister(worker.reader.fd)
@@ -258,7 +284,7 @@ class ProcessBackend(Backend):
             # the pipe; whatever it has not written by now is not coming.
             while True:
                 frames, eof = worker.reader.read_available()
-                events.extend(Received(key, decode(f)) for f in frames)
+                events.extend(Received(key, worker.decode(f)) for f in frames)
                 if eof or not frames:
                     break
         worker.process.join(timeout=5)
@@ -274,6 +300,7 @@ class ProcessBackend(Backend):
                 self._selector.unregister(fd)
         self._forget_fd(worker.task_conn)
         self._forget_fd(worker.result_conn)
+        worker.close_shared()
         with contextlib.suppress(ValueError):
             worker.process.close()
 
