@@ -110,7 +110,8 @@ def standing_notes() -> list[str]:
         "threshold, whose history dependence otherwise makes W5 bimodal. MiB/s counts 1 MiB in + 1 MiB out per "
         "task as 1 MiB.",
         "W6-fresh/W6-cached: median of repeated calls within a round. W6-process: wall time of `python -c` "
-        "(interpreter start included). W6-import: measured inside a fresh interpreter.",
+        "(interpreter start included). W6-import: the peer's usual import statement (`from parallelize import "
+        "parallel`, `from mpire import WorkerPool`, ...), timed inside a fresh interpreter with bytecode cached.",
         "W7: peak of the summed PSS of the pool's processes (psutil, sampled every 20 ms during the W3a map and "
         "once after it, workers still up); pages shared with the parent (the array, and the parent's heap for "
         "fork peers) count for a share only, so absolute numbers depend on what the parent holds.",
