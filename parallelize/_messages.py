@@ -76,4 +76,4 @@ class WorkerExited(NamedTuple):
     failure: TaskFailure | None  # worker_exit raised
     stats: WorkerStats | None
     reason: str  # "stop" (asked), "lifespan" (worker_lifespan reached), "memory" (max_worker_memory exceeded)
-    rss: int  # resident memory in bytes when the worker decided to end (0 if not measured)
+    rss: int  # memory only the worker used (USS), in bytes, when it decided to end (0 if not measured)

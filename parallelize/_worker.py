@@ -199,7 +199,7 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
 
     n_done = 0
     reason = "stop"
-    rss = 0
+    rss = 0  # see _rss
     next_memory_check = 0.0
     while True:
         if spec.lifespan is not None and n_done >= spec.lifespan:
@@ -385,9 +385,12 @@ def _send_result(
 
 
 def _rss() -> int:
+    """The memory only this worker uses (USS: what ending it would free). Pages it shares do not count against
+    max_worker_memory: libraries, the parent's memory inherited through fork and not written to, and the
+    large-buffer segments it shares with the parent (bounded and reused). Reading it takes about 0.5 ms."""
     import psutil
 
-    return int(psutil.Process().memory_info().rss)
+    return int(psutil.Process().memory_full_info().uss)
 
 
 def _pid() -> int:

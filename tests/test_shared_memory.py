@@ -8,16 +8,20 @@ really taken (arguments live in shared memory, regions are reused once released)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import logging
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from helpers import child_keys
-from parallelize import WorkerPool
+from parallelize import WorkerPool, parallel
 from parallelize.backends._shm import ARENA_BYTES, ResultRing, TaskArena, create_segment_fds
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,6 +75,52 @@ def sum_with_a_forked_inner_pool(array: np.ndarray) -> float:
         return float(sum(inner.map(_slice_sum, range(4), chunk_size=1)))
 
 
+def _overwrite_slice(shared: np.ndarray, part: int) -> None:
+    shared[part::4] = -1.0
+
+
+def digest_after_a_forked_inner_pool_writes(array: np.ndarray) -> str:
+    with WorkerPool(2, start_method="fork", shared_objects=array) as inner:
+        inner.map(_overwrite_slice, range(4), chunk_size=1)
+    return digest(array)
+
+
+def fork_a_reader_that_outlives_the_task(gate: int, report: str, array: np.ndarray) -> int:
+    """Fork a child that waits for a byte on the pipe *gate*, then writes the digest of *array* to *report*."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.read(gate, 1)
+            Path(report + ".tmp").write_text(digest(array))
+            os.replace(report + ".tmp", report)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def reap(pid: int) -> bool:
+    os.waitpid(pid, 0)
+    return True
+
+
+def own_memfds(_: Any = None) -> list[str]:
+    return memfd_links(os.getpid())
+
+
+def memfd_links(pid: int) -> list[str]:
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("/memfd:parallelize"):
+                links.append(target.split(" ")[0])
+    return sorted(links)
+
+
+def round_trip(array: np.ndarray) -> np.ndarray:
+    return array + 1.0
+
+
 # --- the fast path is taken, and everything arrives intact ------------------------------------------------------
 
 
@@ -114,6 +164,75 @@ def test_a_pool_forked_inside_a_task_reads_the_tasks_array_argument() -> None:
     with WorkerPool(N_JOBS, start_method="fork", daemon=False) as pool:
         sums = pool.map(sum_with_a_forked_inner_pool, [(a,) for a in arrays], chunk_size=1)
     assert sums == pytest.approx([float(a.sum()) for a in arrays])
+
+
+def test_writes_by_a_pool_forked_inside_a_task_do_not_reach_the_tasks_argument() -> None:
+    # As with any other memory a child inherits: copy on write, not shared.
+    arrays = [seeded_array(seed) for seed in range(2)]
+    with WorkerPool(N_JOBS, start_method="fork", daemon=False) as pool:
+        digests = pool.map(digest_after_a_forked_inner_pool_writes, [(a,) for a in arrays], chunk_size=1)
+    assert digests == [digest(a) for a in arrays]
+
+
+def test_a_child_forked_in_a_task_keeps_its_argument_after_the_region_is_reused(tmp_path: Path) -> None:
+    report = str(tmp_path / "report")
+    gate_r, gate_w = os.pipe()  # inherited by the worker and its child
+    original = np.full(MIB // 8, 1.0)
+    try:
+        with WorkerPool(1, start_method="fork", keep_alive=True) as pool:
+            [child] = pool.map(fork_a_reader_that_outlives_the_task, [(gate_r, report, original)])
+            # Later arguments reuse the region the child's array lay in (first fit: the lowest free region).
+            assert pool.map(where_and_digest, [(np.full(MIB // 8, 7.0),) for _ in range(4)], chunk_size=1)[0][0]
+            os.write(gate_w, b"x")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(report) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool.apply(reap, (child,))  # its own parent reaps it: no zombie left behind
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)
+    assert Path(report).read_text() == digest(original)
+
+
+def test_each_worker_holds_only_its_own_segment_descriptors() -> None:
+    # A forked sibling holding another worker's descriptors would keep that worker's memory after it dies.
+    with WorkerPool(3, start_method="fork", keep_alive=True) as pool:
+        pool.map(round_trip, [(seeded_array(s),) for s in range(6)], chunk_size=1, concatenate_numpy_output=False)
+        per_worker = pool.map(own_memfds, range(30), chunk_size=1)
+        in_parent = memfd_links(os.getpid())
+    assert {len(links) for links in per_worker} == {1}  # its result ring (the arena is mapped, its fd closed)
+    assert in_parent == ["/memfd:parallelize-tasks"] * 3  # one arena descriptor per worker, kept for writes
+
+
+@parallel(n_jobs=1, start_method="spawn")  # no memory shared with this process through fork: see below
+def round_trip_decorated(array: np.ndarray) -> np.ndarray:
+    return array + 1.0
+
+
+def private_memory(_: Any = None) -> int:
+    import psutil
+
+    return int(psutil.Process().memory_full_info().uss)
+
+
+def test_the_shared_segments_do_not_count_against_max_worker_memory(caplog: pytest.LogCaptureFixture) -> None:
+    # Spawned workers: a forked one's own memory grows whenever this process writes to pages they still share.
+    with WorkerPool(1, start_method="spawn") as pool:
+        fresh_worker = pool.apply(private_memory)
+    limit = fresh_worker + 24 * MIB  # less than the result ring's 32 MiB, which the calls below fill
+    try:
+        with caplog.at_level(logging.WARNING, logger="parallelize"):
+            pids = set()
+            # Long enough for several memory checks (at most every 0.25 s, between chunks).
+            arrays = [seeded_array(s) for s in range(40)]
+            ends = time.monotonic() + 1.0
+            while time.monotonic() < ends:
+                round_trip_decorated(arrays, chunk_size=1, max_worker_memory=limit)
+                pids.update(round_trip_decorated.worker_pids())
+    finally:
+        round_trip_decorated.close()
+    assert "max_worker_memory" not in caplog.text
+    assert len(pids) == 1
 
 
 def test_buffers_larger_than_the_shared_segments_travel_through_the_pipe() -> None:

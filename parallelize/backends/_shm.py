@@ -1,7 +1,7 @@
 """Shared memory for large buffers: numpy arrays cross between parent and worker process without a pipe.
 
 Each worker process gets two anonymous memfd segments (nothing is ever created in /dev/shm, so nothing can leak
-there: the memory goes away with the last mapping):
+there: the memory goes away with the last mapping and descriptor):
 
 - the **task arena**, written by the parent and read *in place* by the worker. An array argument arrives as a
   view of shared memory: no copy and no fresh pages in the worker. The parent allocates the regions; the worker
@@ -9,20 +9,26 @@ there: the memory goes away with the last mapping):
   a task keeps (in worker state, say) simply stays allocated while it is used.
 - the **result ring**, written by the worker and copied out by the parent the moment each result frame arrives
   (results outlive any chunk, so they cannot stay in the ring). The parent publishes how far it has read in the
-  ring's first page; the worker never overwrites what the parent has not read.
+  ring's first page; the worker never overwrites what the parent has not read. (The parent stores that cursor
+  after its copy has completed; this relies on a CPU not making a store visible before an earlier load has its
+  data, which holds on x86-64 and, in practice, on arm64.)
 
 A buffer that does not fit (a full arena or ring) travels through the pipe instead, so the sizes below bound
 the memory per worker, never what can be sent. Pages once touched stay resident while the worker lives: that is
 what makes the next array cheap (no page faults).
+
+Mappings are made with libc's mmap rather than the mmap module, which keeps a hidden duplicate of each
+descriptor until the mapping closes: forked siblings would inherit those and keep a dead worker's memory alive.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
+import ctypes
 import mmap
 import os
 import sys
+import weakref
 from typing import Any
 
 SHARED_MIN = 1 << 18  # smaller buffers are cheaper inline in the pipe frame
@@ -30,16 +36,34 @@ ARENA_BYTES = 32 << 20  # per worker and direction; address space only until use
 _PAGE = mmap.PAGESIZE
 _RING_DATA = _PAGE  # the ring's first page holds the parent's read cursor
 _UNUSED = 2  # sys.getrefcount of a region holder only TaskArenaReader refers to
+_MAP_FIXED = 0x10  # Linux; the mmap module does not export it
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _round_up(size: int) -> int:
     return -(-size // _PAGE) * _PAGE
 
 
+def _map(fd: int, size: int, flags: int, address: int | None = None) -> int:
+    result = _libc.mmap(address, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+    if result is None or result == _MAP_FAILED:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mmap of {size} bytes failed: {os.strerror(errno)}")
+    return int(result)
+
+
 def create_segment_fds() -> tuple[int, int] | None:
     """(task arena fd, result ring fd) for a new worker, or None where memfd is missing (the pipes do it all)."""
     memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is None:
+    if memfd_create is None or not sys.platform.startswith("linux"):
         return None
     fds: list[int] = []
     try:
@@ -55,23 +79,25 @@ def create_segment_fds() -> tuple[int, int] | None:
 
 
 class _Segment:
-    """One shared mapping of a memfd. The side that writes keeps the descriptor: see write()."""
+    """One shared mapping of a whole memfd.
 
-    def __init__(self, fd: int, *, writer: bool, private: bool = True) -> None:
-        try:
-            self.map = mmap.mmap(fd, 0)
-        except BaseException:
+    *fd* is kept (and closed by close()) only by the side that writes: see write(). *inherit* says whether
+    processes forked from here get the mapping: only where user objects may lie on it (a forked child touching
+    an object on a mapping it lacks would crash).
+    """
+
+    def __init__(self, fd: int, *, owns_fd: bool, writes: bool, inherit: bool) -> None:
+        self.size = os.fstat(fd).st_size
+        self.address = _map(fd, self.size, mmap.MAP_SHARED)
+        if not inherit:
+            _libc.madvise(self.address, self.size, mmap.MADV_DONTFORK)
+        self.fd = fd if writes else -1
+        self._owns_fd = owns_fd
+        if owns_fd and not writes:
             os.close(fd)
-            raise
-        if not writer:
-            os.close(fd)
-        self.fd = fd if writer else -1
-        if private:
-            with contextlib.suppress(AttributeError, OSError):
-                # Processes forked from here (other workers) must not share this mapping. Only for mappings no
-                # user object lies on: a forked child touching such an object would crash.
-                self.map.madvise(mmap.MADV_DONTFORK)
-        self.view = memoryview(self.map)
+        # In the parent no view of the mapping outlives the call that made it (copies in, copies out), so close()
+        # may unmap; in the worker, arrays lie on the arena, which therefore lives as long as the process.
+        self.view = memoryview((ctypes.c_char * self.size).from_address(self.address)).cast("B")
         self._touched = 0  # bytes from the start this process has written at least once
 
     def write(self, offset: int, buffer: memoryview) -> None:
@@ -88,20 +114,20 @@ class _Segment:
 
     def close(self) -> None:
         self.view.release()
-        with contextlib.suppress(BufferError):  # arrays still on it keep it mapped; it goes with them
-            self.map.close()
-        if self.fd >= 0:
+        _libc.munmap(self.address, self.size)
+        if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
 
 
 class TaskArena:
-    """Parent side of the task arena: places argument buffers, takes regions back when the worker says so."""
+    """Parent side of the task arena: places argument buffers, takes regions back when the worker says so.
+    Owns *fd*."""
 
     def __init__(self, fd: int) -> None:
-        self._segment = _Segment(fd, writer=True)
-        self.fd = self._segment.fd
-        self._free: list[tuple[int, int]] = [(0, len(self._segment.map))]  # sorted (start, end) extents
+        self._segment = _Segment(fd, owns_fd=True, writes=True, inherit=False)
+        self.fd = fd
+        self._free: list[tuple[int, int]] = [(0, self._segment.size)]  # sorted (start, end) extents
         self._sizes: dict[int, int] = {}
 
     def place(self, buffer: memoryview) -> int:
@@ -136,21 +162,27 @@ class TaskArena:
         self._segment.close()
 
 
+# The arena readers of this process (one in a worker), for _privatise_after_fork.
+_readers: weakref.WeakSet[TaskArenaReader] = weakref.WeakSet()
+_fork_hook: list[bool] = []  # registered once per process
+
+
 class TaskArenaReader:
-    """Worker side of the task arena: argument buffers as writable views of shared memory."""
+    """Worker side of the task arena: argument buffers as writable views of shared memory. Closes *fd*."""
 
     def __init__(self, fd: int) -> None:
-        import ctypes  # worker side only: the parent never needs it
-
-        self._c_char = ctypes.c_char
-        # Not private: a task's arguments lie here, and a pool forked by the task may hand them to its children.
-        self._segment = _Segment(fd, writer=False, private=False)
+        # Inherited by forks: a pool forked inside a task may hand the task's arguments to its children.
+        self._segment = _Segment(fd, owns_fd=True, writes=False, inherit=True)
         # Each region is exported through a ctypes array of its own: every array or memoryview built on the
         # region holds a reference to it, so its reference count says whether anything still uses the region.
         self._held: list[tuple[int, Any]] = []
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_privatise_after_fork)
+            _fork_hook.append(True)
+        _readers.add(self)
 
     def view(self, offset: int, size: int) -> memoryview:
-        holder = (self._c_char * size).from_buffer(self._segment.map, offset)
+        holder = (ctypes.c_char * size).from_address(self._segment.address + offset)
         self._held.append((offset, holder))
         return memoryview(holder).cast("B")
 
@@ -169,14 +201,36 @@ class TaskArenaReader:
         self._held = kept
         return free
 
+    def privatise(self) -> None:
+        """Turn the arena into private memory of this process, with the regions still in use copied over.
+
+        Run in a child forked from a worker: the child must see the arguments it inherited as they were at the
+        fork, as it would with any other memory, not the parent's later writes into reused regions; and its
+        own writes must not reach the worker.
+        """
+        address, size = self._segment.address, self._segment.size
+        kept = [(offset, ctypes.string_at(address + offset, ctypes.sizeof(holder))) for offset, holder in self._held]
+        _map(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED, address)
+        for offset, data in kept:
+            ctypes.memmove(address + offset, data, len(data))
+
+
+def _privatise_after_fork() -> None:
+    for reader in list(_readers):
+        reader.privatise()
+    _readers.clear()  # private memory now: later forks copy it on write like any other
+
 
 class ResultRing:
-    """The result ring, used from both sides: the worker places buffers, the parent copies them out."""
+    """The result ring, used from both sides: the worker places buffers, the parent copies them out.
+
+    The worker's ring owns *fd* (it writes through it); the parent's leaves *fd* to the caller.
+    """
 
     def __init__(self, fd: int, *, writer: bool) -> None:
-        self._segment = _Segment(fd, writer=writer)
-        self.fd = self._segment.fd
-        self._capacity = len(self._segment.map) - _RING_DATA
+        self._segment = _Segment(fd, owns_fd=writer, writes=writer, inherit=False)
+        self.fd = fd if writer else -1
+        self._capacity = self._segment.size - _RING_DATA
         # Bytes the parent has consumed since the start, as one int64 the parent writes and the worker reads.
         self._cursor = self._segment.view[:8].cast("q")
         self._head = 0  # worker side: bytes written since the start

@@ -88,6 +88,24 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     run_worker(spec, channel, slots)
 
 
+def _map_segments(fds: tuple[int, int] | None) -> tuple[TaskArena, ResultRing] | None:
+    """The parent's mappings of a new worker's segments; None (and the descriptors closed) when they cannot be
+    made: the pipes then carry everything."""
+    if fds is None:
+        return None
+    arena: TaskArena | None = None
+    try:
+        arena = TaskArena(fds[0])
+        return arena, ResultRing(fds[1], writer=False)
+    except OSError:
+        if arena is not None:
+            arena.close()
+        else:
+            os.close(fds[0])
+        os.close(fds[1])
+        return None
+
+
 def _watch_parent(lifeline: Connection) -> None:
     """End this worker when the parent dies, even in the middle of a long task.
 
@@ -177,6 +195,11 @@ class ProcessBackend(Backend):
             [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
         _PARENT_ONLY_FDS.update((task_w.fileno(), result_r.fileno()))
         segment_fds = create_segment_fds()
+        # Mapped before the child starts (MADV_DONTFORK keeps the child out of them), so that nothing can fail
+        # between starting a process and registering it.
+        shared = _map_segments(segment_fds)
+        if shared is None:
+            segment_fds = None
         shared_fds = None if segment_fds is None else (InheritedFd(segment_fds[0]), InheritedFd(segment_fds[1]))
         try:
             for attempt, payload in enumerate(payloads):
@@ -199,19 +222,19 @@ class ProcessBackend(Backend):
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 self._forget_fd(conn)
-            for fd in segment_fds or ():
-                os.close(fd)
+            if shared is not None:
+                shared[0].close()
+                shared[1].close()
             raise
         finally:
             task_r.close()  # the child's ends: the parent must not keep them, or EOF is never seen
             result_w.close()
+            if segment_fds is not None:
+                os.close(segment_fds[1])  # the ring's: the parent reads through its mapping only
         os.set_blocking(task_w.fileno(), False)
         os.set_blocking(result_r.fileno(), False)
-        # The child has its own descriptors now (inherited or duplicated at start); the parent keeps mappings only.
-        shared = None
-        if segment_fds is not None:
-            shared = (TaskArena(segment_fds[0]), ResultRing(segment_fds[1], writer=False))
-            _PARENT_ONLY_FDS.add(shared[0].fd)
+        if shared is not None:
+            _PARENT_ONLY_FDS.add(shared[0].fd)  # the arena's, kept for writes: later children must not hold it
         worker = _ProcWorker(process, task_w, result_r, clock, shared)
         self._workers[key] = worker
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
