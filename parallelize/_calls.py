@@ -61,11 +61,7 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     try:
         engine.submit(job)
         while True:
-            try:
-                engine.drive(lambda: job.has_ready() or job.finished)
-            except KeyboardInterrupt:
-                engine.abort()  # Ctrl-C: workers end now; the next call starts fresh ones
-                raise
+            engine.drive(lambda: job.has_ready() or job.finished)  # on Ctrl-C it ends the workers, then raises
             if job.has_ready():
                 yield from job.pop_ready()
             elif job.finished:

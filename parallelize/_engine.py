@@ -162,10 +162,19 @@ class Engine:
                     self._cv.wait(remaining)
             try:
                 self._step(remaining)
-            finally:
-                with self._cv:
-                    self._driving = False
-                    self._cv.notify_all()
+            except BaseException:
+                # Interrupted mid-step (Ctrl-C, an exception raised by a signal handler, an internal error): the
+                # bookkeeping may be half-updated, with a chunk sent but not recorded, say. The workers go now;
+                # the next call starts fresh ones instead of trusting this state.
+                self._release_driver()
+                self.abort()
+                raise
+            self._release_driver()
+
+    def _release_driver(self) -> None:
+        with self._cv:
+            self._driving = False
+            self._cv.notify_all()
 
     def stop(self, timeout: float | None = None) -> list[Any]:
         """Let in-flight work finish, run every worker's exit hook, and end the workers.
@@ -224,7 +233,7 @@ class Engine:
             self.drive(lambda: job not in self._to_cancel, timeout=1.0)
 
     def abort(self) -> None:
-        """After Ctrl-C: end every worker at once. A second Ctrl-C does not stop the cleanup."""
+        """After an interruption: end every worker at once. A second Ctrl-C does not stop the cleanup."""
         while True:
             try:
                 self.terminate()

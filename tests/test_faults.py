@@ -520,6 +520,38 @@ def test_keyboard_interrupt_raised_in_a_task_propagates(start_method: str) -> No
     assert_usable(start_method)
 
 
+class _Interrupted(BaseException):
+    """What a program's own signal handler may raise in the middle of a map (a test runner's timeout, say)."""
+
+
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_an_exception_from_a_signal_handler_mid_map_replaces_the_workers(start_method: str, tmp_path: Path) -> None:
+    # It can strike between two updates of the parent's bookkeeping: the workers must not be trusted afterwards.
+    assert_usable(start_method)
+    before = set(chaos.worker_pids())
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    def interrupt_once_a_task_runs() -> None:
+        if fault_tasks.wait_for(tmp_path / "0.pid"):
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, interrupt)
+    timer = threading.Thread(target=interrupt_once_a_task_runs)
+    try:
+        timer.start()
+        with pytest.raises(_Interrupted):
+            chaos([(0, "block", str(tmp_path))] + [(i, "sleep", 0.01) for i in range(1, 1000)],
+                  start_method=start_method)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR2, previous)
+    assert wait_until(lambda: all(gone(pid) for pid in before))
+    assert_usable(start_method)
+    assert set(chaos.worker_pids()).isdisjoint(before)
+
+
 @pytest.mark.parametrize("start_method", PROCESS_METHODS)
 def test_huge_argument_repr_is_capped_in_a_death_message(start_method: str) -> None:
     huge = "x" * 1_000_000
