@@ -479,10 +479,15 @@ class W6Process(W6Fresh):
 
 # The import statement each peer's users write: `import parallelize` alone would load nothing (names load on first
 # use), so the rows time what it takes to get the name a program then uses.
-IMPORTS = {"mp.Pool": "from multiprocessing import Pool", "ppe (chunksize=1)":
-           "from concurrent.futures import ProcessPoolExecutor", "joblib (loky)": "from joblib import Parallel, delayed",
-           "mpire": "from mpire import WorkerPool", "parallelize @parallel": "from parallelize import parallel",
-           "parallelize WorkerPool": "from parallelize import WorkerPool", FLOOR: "from benchmarks.floor import ForkFloor"}
+IMPORTS = {
+    "mp.Pool": "from multiprocessing import Pool",
+    "ppe (chunksize=1)": "from concurrent.futures import ProcessPoolExecutor",
+    "joblib (loky)": "from joblib import Parallel, delayed",
+    "mpire": "from mpire import WorkerPool",
+    "parallelize @parallel": "from parallelize import parallel",
+    "parallelize WorkerPool": "from parallelize import WorkerPool",
+    FLOOR: "from benchmarks.floor import ForkFloor",
+}
 
 
 class W6Import(W6Fresh):
