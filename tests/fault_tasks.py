@@ -230,3 +230,17 @@ def our_new_shm(before: set[str]) -> set[str]:
             continue
         foreign.update(name for name in new if f"/dev/shm/{name}" in maps)
     return new - foreign
+
+
+def fork_a_child_waiting_for_sigusr2(limit: float, done: str) -> int:
+    """Fork a child that waits for SIGUSR2 (at most *limit* seconds), then creates the file *done* and ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # the child inherits the mask: nothing is missed
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.sigtimedwait({signal.SIGUSR2}, limit)
+            _write(Path(done), "done")
+        finally:
+            os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+    return pid

@@ -520,6 +520,24 @@ def test_keyboard_interrupt_raised_in_a_task_propagates(start_method: str) -> No
     assert_usable(start_method)
 
 
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_a_worker_is_seen_to_end_while_a_child_it_forked_lives_on(start_method: str, tmp_path: Path) -> None:
+    # The child inherits the worker's copy of multiprocessing's sentinel pipe, which then never reports the
+    # worker's exit: the pool must not wait for the child (it would here: the child waits for this test).
+    done = tmp_path / "child-done"
+    child = None
+    try:
+        with parallelize.WorkerPool(1, start_method=start_method) as pool:  # no keep_alive: ends after the map
+            [child] = pool.map(fault_tasks.fork_a_child_waiting_for_sigusr2, [(20.0, str(done))])
+        assert not done.exists(), "the map returned only once the worker's child had stopped waiting"
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGUSR2)
+    assert fault_tasks.wait_for(done)
+    assert wait_until(lambda: gone(child))
+
+
 class _Interrupted(BaseException):
     """What a program's own signal handler may raise in the middle of a map (a test runner's timeout, say)."""
 

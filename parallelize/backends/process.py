@@ -1,7 +1,7 @@
 """Worker processes (fork, forkserver, spawn): one task pipe and one result pipe per worker.
 
-The parent waits on every result pipe, every process sentinel and a wake-up pipe with one epoll selector, so a
-dead worker is seen the moment it dies, and nothing polls.
+The parent waits on every result pipe, every worker's exit descriptor (a pidfd) and a wake-up pipe with one epoll
+selector, so a dead worker is seen the moment it dies, and nothing polls.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, MutableSequence
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
 from .. import _worker
@@ -123,8 +124,28 @@ def _watch_parent(lifeline: Connection) -> None:
     threading.Thread(target=watch, name="parallelize-lifeline", daemon=True).start()
 
 
+def _exit_watch(process: Any, start_method: str) -> tuple[int, bool]:
+    """A descriptor that becomes readable when *process* ends, and whether it is ours to close.
+
+    A pidfd where Linux has one: multiprocessing's sentinel is a pipe whose write end the worker holds, so it
+    stays silent while any process the worker forked (a task's background child, say) still holds a copy. The
+    forkserver's sentinel is written by the server itself and is always right.
+    """
+    if start_method != "forkserver" and hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            return os.pidfd_open(process.pid), True
+    return process.sentinel, False
+
+
+def _join(process: Any, exit_fd: int, timeout: float) -> None:
+    """Wait up to *timeout* seconds for *process* to end, and reap it (Process.join would wait on the sentinel)."""
+    if process.exitcode is None:  # polls, and reaps the process if it has ended
+        wait_ready([exit_fd], timeout)
+        process.exitcode  # noqa: B018 (reaps)
+
+
 class _ProcWorker:
-    def __init__(self, process: Any, task_conn: Connection, result_conn: Connection,
+    def __init__(self, process: Any, start_method: str, task_conn: Connection, result_conn: Connection,
                  clock: MutableSequence[int], shared: tuple[TaskArena, ResultRing] | None) -> None:
         self.process = process
         self.task_conn = task_conn
@@ -132,7 +153,7 @@ class _ProcWorker:
         self.writer = ParentWriter(task_conn.fileno())
         self.reader = FrameReader(result_conn.fileno())
         self.clock = clock
-        self.sentinel: int = process.sentinel
+        self.sentinel, self.owns_sentinel = _exit_watch(process, start_method)
         self.result_open = True
         self.want_write = False
         self.arena: TaskArena | None = shared[0] if shared is not None else None
@@ -235,7 +256,9 @@ class ProcessBackend(Backend):
         os.set_blocking(result_r.fileno(), False)
         if shared is not None:
             _PARENT_ONLY_FDS.add(shared[0].fd)  # the arena's, kept for writes: later children must not hold it
-        worker = _ProcWorker(process, task_w, result_r, clock, shared)
+        worker = _ProcWorker(process, self.name, task_w, result_r, clock, shared)
+        if worker.owns_sentinel:
+            _PARENT_ONLY_FDS.add(worker.sentinel)
         self._workers[key] = worker
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", key))
@@ -310,7 +333,7 @@ class ProcessBackend(Backend):
                 events.extend(Received(key, worker.decode(f)) for f in frames)
                 if eof or not frames:
                     break
-        worker.process.join(timeout=5)
+        _join(worker.process, worker.sentinel, 5)
         exitcode = worker.process.exitcode
         last_clock = tuple(worker.clock)
         self._release(worker)
@@ -324,6 +347,9 @@ class ProcessBackend(Backend):
         self._forget_fd(worker.task_conn)
         self._forget_fd(worker.result_conn)
         worker.close_shared()
+        if worker.owns_sentinel:
+            _PARENT_ONLY_FDS.discard(worker.sentinel)
+            os.close(worker.sentinel)
         with contextlib.suppress(ValueError):
             worker.process.close()
 
@@ -362,18 +388,18 @@ class ProcessBackend(Backend):
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             _kill_all(descendants)
-            process.join(grace)
+            _join(process, worker.sentinel, grace)
             if process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                process.join(5)
+                _join(process, worker.sentinel, 5)
 
     def close(self, timeout: float) -> None:
         if self._closed:
             return
         deadline = time.monotonic() + timeout
         for worker in list(self._workers.values()):
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+            _join(worker.process, worker.sentinel, max(0.0, deadline - time.monotonic()))
         for key in list(self._workers):
             self.kill(key, grace=0.5)
             self._reap(key)
