@@ -33,6 +33,7 @@ from .backends._base import Exited, Received
 
 logger = logging.getLogger("parallelize")
 
+MAX_START_FAILURES = 3  # workers in a row dying before they are ready fail the calls instead of being replaced
 PREFETCH = 2  # chunks queued per worker: it never idles waiting for the parent
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
 
@@ -108,6 +109,7 @@ class Engine:
         self.exit_errors: list[BaseException] = []
         self.insights = InsightsCollector(settings.n_jobs) if settings.insights else None
         self._stopping = False
+        self._start_failures = 0  # workers in a row that died before they were ready (see _on_exit)
         self.closed = False
         self._pid = os.getpid()
 
@@ -411,6 +413,7 @@ class Engine:
                 slot.exit_started_at = time.monotonic()
         elif kind is WorkerReady:
             slot.ready = True
+            self._start_failures = 0
             if self.insights is not None:
                 self.insights.started(slot.worker_id, message.start_up_time, message.init_time)
             if message.failure is not None:
@@ -446,6 +449,18 @@ class Engine:
         if slot.ready and not (slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping):
             logger.warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
                            slot.worker_id, slot.pid, _describe_exitcode(exitcode))
+        killed_from_outside = exitcode in (-signal.SIGKILL, -signal.SIGTERM)  # perhaps transient: not counted
+        if not (slot.ready or slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping
+                or killed_from_outside):
+            # Crashed while starting, before its init hook finished: the next worker would most likely die the
+            # same way (an unimportable main module, shared objects that cannot be unpickled): no endless retries.
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self._fail_all(WorkerDiedError(
+                    f"{self._start_failures} workers in a row died while starting, before running any task (the "
+                    f"last: worker {slot.worker_id}, pid {slot.pid}, {_describe_exitcode(exitcode)}); its stderr "
+                    "says why. With start_method 'spawn' or 'forkserver', a script that starts pools must do so "
+                    "under `if __name__ == '__main__':`, and shared objects must unpickle in a new process"))
         self._slots[slot.worker_id] = _Slot(slot.worker_id)
 
     def _death_error(self, slot: _Slot, chunk: RunChunk, position: int | None,

@@ -152,6 +152,18 @@ def _slow_rebuild() -> SlowToUnpickle:
     return SlowToUnpickle()
 
 
+class FailsToUnpickle:
+    """A shared object that pickles in the parent and cannot be rebuilt in a spawned worker: every worker dies
+    while starting."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_rebuild, ())
+
+
+def _refuse_to_rebuild() -> FailsToUnpickle:
+    raise RuntimeError("this shared object cannot be rebuilt in a worker")
+
+
 @parallel(n_jobs=2, chunk_size=1, shared_objects=SlowToUnpickle())
 def slow_start(shared: SlowToUnpickle, x: Any) -> Any:
     if x == "raise":

@@ -538,6 +538,15 @@ def test_a_worker_is_seen_to_end_while_a_child_it_forked_lives_on(start_method: 
     assert wait_until(lambda: gone(child))
 
 
+def test_workers_that_keep_dying_while_starting_fail_the_call_instead_of_being_replaced_for_ever() -> None:
+    # The classic case is a script without `if __name__ == "__main__":` under spawn; here the shared objects
+    # cannot be rebuilt in the worker. Either way no worker ever becomes ready.
+    with parallelize.WorkerPool(2, start_method="spawn", shared_objects=fault_tasks.FailsToUnpickle()) as pool, \
+            pytest.raises(WorkerDiedError, match="3 workers in a row died while starting") as info:
+        pool.map(fault_tasks.square, range(10))
+    assert "if __name__ == '__main__':" in str(info.value)
+
+
 class _Interrupted(BaseException):
     """What a program's own signal handler may raise in the middle of a map (a test runner's timeout, say)."""
 
