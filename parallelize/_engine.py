@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import TaskTimeoutError, WorkerDiedError
+from ._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
@@ -80,6 +80,7 @@ class _Slot:
     exited_cleanly: bool = False
     killed: bool = False
     exit_started_at: float | None = None
+    answered: bool = False  # has returned a chunk
 
 
 class Engine:
@@ -400,6 +401,7 @@ class Engine:
                 # From a worker being stopped (a timeout): what it still had is sent again when it has exited.
                 return
             job, chunk = slot.inflight.popleft()
+            slot.answered = True
             if chunk.tag != message.tag:  # workers answer in order: anything else is a bug to report, not hide
                 raise RuntimeError(f"parallelize internal error: worker {slot.worker_id} answered chunk tag "
                                    f"{message.tag}, expected {chunk.tag}")
@@ -421,7 +423,12 @@ class Engine:
                 self._fail_all(unpack_exception(message.failure))
         elif kind is WorkerExited:
             slot.exited_cleanly = True
-            if message.reason == "memory":
+            if message.reason == "memory" and not slot.answered:
+                # Over the limit before its first chunk: every replacement would be too, and nothing would run.
+                self._fail_all(ConfigError(
+                    f"max_worker_memory={self.settings.max_worker_memory!r} bytes is below what a worker uses "
+                    f"before running any task ({message.rss} bytes); raise the limit"))
+            elif message.reason == "memory":
                 logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
                                "restarted", slot.worker_id, slot.pid, message.rss / 2**20,
                                (self.settings.max_worker_memory or 0) / 2**20)

@@ -31,6 +31,7 @@ import fault_tasks
 import parallelize
 from fault_tasks import InputBrokeError, chaos, gone, open_fds, our_new_shm, shm_entries, wait_until
 from parallelize import (
+    ConfigError,
     ParallelError,
     RemoteError,
     RemoteTraceback,
@@ -717,6 +718,14 @@ def test_dropping_an_imap_cancels_the_rest(start_method: str) -> None:
 
 
 # --- memory -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_max_worker_memory_below_a_fresh_worker_fails_the_call_instead_of_restarting_for_ever(
+        start_method: str) -> None:
+    with pytest.raises(ConfigError, match=r"max_worker_memory=4096 bytes is below what a worker uses"):
+        chaos(range(10), start_method=start_method, max_worker_memory=4096)
+    assert_usable(start_method)
 
 
 @pytest.mark.parametrize("start_method", PROCESS_METHODS)
