@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import parallelize
-from helpers import add, big_bytes, fail_on, square, worker_id_of
+from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of
 from parallelize import ConfigError, PoolBusyError, WorkerPool
 
 WAIT_S = 30.0  # bound on every blocking wait in a task or the test: a backstop, never expected to run out
@@ -591,6 +591,17 @@ def test_many_outstanding_apply_async_each_get_their_own_value(fast_start_method
     with WorkerPool(N_JOBS, start_method=fast_start_method) as pool:
         results = [pool.apply_async(square, (x,)) for x in range(20)]
         assert [r.get(timeout=WAIT_S) for r in reversed(results)] == [x * x for x in reversed(range(20))]
+
+
+@pytest.mark.parametrize("pending", [1, 4])
+def test_leaving_the_with_block_with_pending_apply_async_ends_the_pool_and_fails_those_tasks(pending: int) -> None:
+    # MPIRE's get() then waits for ever. (No multiprocessing Event here: setting one after its waiter was killed
+    # blocks in Condition.notify for ever, a multiprocessing limitation.)
+    with WorkerPool(N_JOBS, start_method="fork") as pool:
+        results = [pool.apply_async(sleep_for, (WAIT_S,)) for _ in range(pending)]
+    for result in results:
+        with pytest.raises(RuntimeError, match="cancelled because the pool was terminated"):
+            result.get(timeout=WAIT_S)
 
 
 def test_stop_and_join_waits_for_outstanding_apply_async(fast_start_method: str) -> None:
