@@ -130,16 +130,14 @@ class ChildChannel:
         # Lives as long as the worker, hence no `with`.
         self._reader = cast(io.BufferedReader, open(task_fd, "rb", buffering=_READ_SIZE, closefd=False))  # noqa: SIM115
         self._result_fd = result_fd
-        self._arena: TaskArenaReader | None = None
-        self._ring: ResultRing | None = None
-        self._unreported: list[int] = []  # released task-arena offsets not yet told to the parent
+        self._shared: tuple[TaskArenaReader, ResultRing] | None = None
         if shared is not None:
-            self._arena = TaskArenaReader(shared[0].fd)
-            self._ring = ResultRing(shared[1].fd, writer=True)
+            self._shared = (TaskArenaReader(shared[0].fd), ResultRing(shared[1].fd, writer=True))
+        self._unreported: list[int] = []  # released task-arena offsets not yet told to the parent
 
     def fds(self) -> list[int]:
         """The descriptors this channel owns besides the two pipes."""
-        return [] if self._ring is None else [self._ring.fd]
+        return [] if self._shared is None else [self._shared[1].fd]
 
     def recv(self) -> Any:
         header = self._reader.read(HEADER.size)
@@ -154,15 +152,16 @@ class ChildChannel:
             if not n:
                 raise EOFError
             filled += n
-        return decode(body, None if self._arena is None else self._arena.view)
+        return decode(body, None if self._shared is None else self._shared[0].view)
 
     def send(self, message: Any) -> None:
         try:
-            if self._ring is None or self._arena is None:
+            if self._shared is None:
                 parts = encode(message)
             else:
-                self._unreported += self._arena.released()
-                parts = encode(message, self._ring.place, self._unreported)
+                arena, ring = self._shared
+                self._unreported += arena.released()
+                parts = encode(message, ring.place, self._unreported)
                 self._unreported.clear()
         except Exception as exc:
             raise ResultUnpicklable(f"{type(exc).__name__}: {exc}") from exc

@@ -81,20 +81,17 @@ def create_segment_fds() -> tuple[int, int] | None:
 class _Segment:
     """One shared mapping of a whole memfd.
 
-    *fd* is kept (and closed by close()) only by the side that writes: see write(). *inherit* says whether
-    processes forked from here get the mapping: only where user objects may lie on it (a forked child touching
-    an object on a mapping it lacks would crash).
+    With *keep_fd* the segment keeps *fd* for write() and closes it in close(); without, *fd* stays the caller's.
+    *inherit* says whether processes forked from here get the mapping: only where user objects may lie on it (a
+    forked child touching an object on a mapping it lacks would crash).
     """
 
-    def __init__(self, fd: int, *, owns_fd: bool, writes: bool, inherit: bool) -> None:
+    def __init__(self, fd: int, *, keep_fd: bool, inherit: bool) -> None:
         self.size = os.fstat(fd).st_size
         self.address = _map(fd, self.size, mmap.MAP_SHARED)
         if not inherit:
             _libc.madvise(self.address, self.size, mmap.MADV_DONTFORK)
-        self.fd = fd if writes else -1
-        self._owns_fd = owns_fd
-        if owns_fd and not writes:
-            os.close(fd)
+        self.fd = fd if keep_fd else -1
         # In the parent no view of the mapping outlives the call that made it (copies in, copies out), so close()
         # may unmap; in the worker, arrays lie on the arena, which therefore lives as long as the process.
         self.view = memoryview((ctypes.c_char * self.size).from_address(self.address)).cast("B")
@@ -115,9 +112,9 @@ class _Segment:
     def close(self) -> None:
         self.view.release()
         _libc.munmap(self.address, self.size)
-        if self._owns_fd and self.fd >= 0:
+        if self.fd >= 0:
             os.close(self.fd)
-        self.fd = -1
+            self.fd = -1
 
 
 class TaskArena:
@@ -125,7 +122,7 @@ class TaskArena:
     Owns *fd*."""
 
     def __init__(self, fd: int) -> None:
-        self._segment = _Segment(fd, owns_fd=True, writes=True, inherit=False)
+        self._segment = _Segment(fd, keep_fd=True, inherit=False)
         self.fd = fd
         self._free: list[tuple[int, int]] = [(0, self._segment.size)]  # sorted (start, end) extents
         self._sizes: dict[int, int] = {}
@@ -172,7 +169,8 @@ class TaskArenaReader:
 
     def __init__(self, fd: int) -> None:
         # Inherited by forks: a pool forked inside a task may hand the task's arguments to its children.
-        self._segment = _Segment(fd, owns_fd=True, writes=False, inherit=True)
+        self._segment = _Segment(fd, keep_fd=False, inherit=True)
+        os.close(fd)  # the mapping is all the worker needs
         # Each region is exported through a ctypes array of its own: every array or memoryview built on the
         # region holds a reference to it, so its reference count says whether anything still uses the region.
         self._held: list[tuple[int, Any]] = []
@@ -228,8 +226,8 @@ class ResultRing:
     """
 
     def __init__(self, fd: int, *, writer: bool) -> None:
-        self._segment = _Segment(fd, owns_fd=writer, writes=writer, inherit=False)
-        self.fd = fd if writer else -1
+        self._segment = _Segment(fd, keep_fd=writer, inherit=False)
+        self.fd = self._segment.fd
         self._capacity = self._segment.size - _RING_DATA
         # Bytes the parent has consumed since the start, as one int64 the parent writes and the worker reads.
         self._cursor = self._segment.view[:8].cast("q")

@@ -156,20 +156,21 @@ class _ProcWorker:
         self.sentinel, self.owns_sentinel = _exit_watch(process, start_method)
         self.result_open = True
         self.want_write = False
-        self.arena: TaskArena | None = shared[0] if shared is not None else None
-        self.ring: ResultRing | None = shared[1] if shared is not None else None
+        self.shared = shared
 
     def decode(self, frame: Any) -> Any:
-        if self.arena is None or self.ring is None:
+        if self.shared is None:
             return decode(frame)
-        return decode(frame, self.ring.take, self.arena.release)
+        arena, ring = self.shared
+        return decode(frame, ring.take, arena.release)
 
     def close_shared(self) -> None:
-        if self.arena is not None and self.ring is not None:
-            _PARENT_ONLY_FDS.discard(self.arena.fd)
-            self.arena.close()
-            self.ring.close()
-            self.arena = self.ring = None
+        if self.shared is not None:
+            arena, ring = self.shared
+            _PARENT_ONLY_FDS.discard(arena.fd)
+            arena.close()
+            ring.close()
+            self.shared = None
 
 
 class ProcessBackend(Backend):
@@ -266,7 +267,7 @@ class ProcessBackend(Backend):
     def send(self, key: int, message: Any) -> None:
         worker = self._workers[key]
         # A serialisation error is the caller's to report.
-        parts = encode(message, None if worker.arena is None else worker.arena.place)
+        parts = encode(message, None if worker.shared is None else worker.shared[0].place)
         try:
             pending = worker.writer.send(parts)
         except (BrokenPipeError, ConnectionResetError):
