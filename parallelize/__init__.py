@@ -20,6 +20,7 @@ _WHERE = {
     "ParallelError": "._errors",
     "ParallelFunction": "._decorator",
     "PoolBusyError": "._errors",
+    "PoolClosedError": "._errors",
     "RemoteError": "._errors",
     "RemoteTraceback": "._errors",
     "ResultPicklingError": "._errors",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from ._errors import ForkAfterThreadsWarning as ForkAfterThreadsWarning
     from ._errors import ParallelError as ParallelError
     from ._errors import PoolBusyError as PoolBusyError
+    from ._errors import PoolClosedError as PoolClosedError
     from ._errors import RemoteError as RemoteError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import ResultPicklingError as ResultPicklingError

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
 from ._engine import Engine
+from ._errors import PoolClosedError
 from ._job import Job
 from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar
@@ -18,7 +19,8 @@ from ._progress import ProgressBar
 def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,
             iterable_len: int | None = None, max_tasks_active: int | None = None,
             chunk_size: int | float | None = None, n_splits: int | None = None,
-            task_timeout: float | None = None, order_tasks: bool = False, on_error: str = "raise",
+            task_timeout: float | None = None, worker_init_timeout: float | None = None,
+            worker_exit_timeout: float | None = None, order_tasks: bool = False, on_error: str = "raise",
             retries: int = 0, retry_backoff: float = 0.0, call_mode: int = CALL_UNPACK,
             split_arrays: bool = False) -> Job:
     """A job running *func* over *iterable*.
@@ -36,16 +38,19 @@ def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: 
     return Job(
         engine.new_job_id(), engine.function_id(func), call_mode, chunks, sizer, ordered=ordered,
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
+        worker_init_timeout=worker_init_timeout, worker_exit_timeout=worker_exit_timeout,
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
         on_error=on_error, retries=retries, retry_backoff=retry_backoff,
     )
 
 
-def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              task_timeout: float | None, retries: int = 0, retry_backoff: float = 0.0) -> Job:
+def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+              task_timeout: float | None, worker_init_timeout: float | None, worker_exit_timeout: float | None,
+              retries: int = 0, retry_backoff: float = 0.0) -> Job:
     """A job of one call ``func(*args, **kwargs)``."""
     return Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
-               ordered=True, n_tasks=1, task_timeout=task_timeout, retries=retries, retry_backoff=retry_backoff)
+               ordered=True, n_tasks=1, task_timeout=task_timeout, worker_init_timeout=worker_init_timeout,
+               worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
 
 
 def run(engine: Engine, job: Job, progress: ProgressBar | None,
@@ -61,7 +66,12 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     try:
         engine.submit(job)
         while True:
-            engine.drive(lambda: job.has_ready() or job.finished)  # on Ctrl-C it ends the workers, then raises
+            # On Ctrl-C drive() ends the workers, then raises. It returns False only once the engine is closed,
+            # and closing fails every unfinished job, so this call cannot wait for ever.
+            if not engine.drive(lambda: job.has_ready() or job.finished) and not job.finished:
+                job.fail(PoolClosedError("the pool was closed before this call finished"))
+            if isinstance(job.error, PoolClosedError):
+                raise job.error  # at once, as MPIRE: results already back are not handed out after a terminate
             if job.has_ready():
                 yield from job.pop_ready()
             elif job.finished:

@@ -181,11 +181,11 @@ class _Core:
                   ordered: bool) -> tuple[Engine, Job, ProgressBar | None]:
         """The pool for *options*, and a job (with its progress bar) of *target* over *iterable* on it."""
         engine = self.holder.engine_for(self.settings(options))
-        engine.worker_init_timeout = options.worker_init_timeout
-        engine.worker_exit_timeout = options.worker_exit_timeout
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout, on_error=options.on_error,
+                      n_splits=options.n_splits, task_timeout=options.task_timeout,
+                      worker_init_timeout=options.worker_init_timeout,
+                      worker_exit_timeout=options.worker_exit_timeout, on_error=options.on_error,
                       retries=options.retries, retry_backoff=options.retry_backoff)
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
@@ -240,13 +240,14 @@ class _Core:
                 future.set_exception(exc)
             return future
         engine = self.holder.engine_for(self.settings(options))
-        job = apply_job(engine, target, args, kwargs, options.task_timeout, options.retries, options.retry_backoff)
+        job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
+                        worker_init_timeout=options.worker_init_timeout,
+                        worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
+                        retry_backoff=options.retry_backoff)
 
         def finished(job: Job) -> None:
-            if job.error is not None:
+            if job.error is not None:  # PoolClosedError if the pool was closed first
                 future.set_exception(job.error)
-            elif job.cancelled:
-                future.set_exception(concurrent.futures.CancelledError("the pool was closed"))
             else:
                 future.set_result(job.pop_ready()[0])
 
@@ -389,7 +390,7 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
         owner = self._instance()
         if owner is None:
             owner = self._self_owner
-        return (getattr, (owner, self.__name__))
+        return (getattr, (owner, self.__wrapped__.__name__))
 
     def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
         return list(self._self_core.run_map(self._instance(), iterable, options, ordered=True))

@@ -11,6 +11,7 @@ nearest deadline (task/init/exit timeouts read from the workers' task clocks), t
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
 import logging
 import os
@@ -22,12 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ConfigError, TaskTimeoutError, WorkerDiedError
+from . import _clock
+from ._errors import ConfigError, PoolClosedError, TaskTimeoutError, WorkerDiedError
 from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
 from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
-from ._worker import CLOCK_CANCEL, CLOCK_INDEX, CLOCK_START_NS, CLOCK_TAG, WorkerSpec
+from ._worker import WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
 
@@ -36,6 +38,30 @@ logger = logging.getLogger("parallelize")
 MAX_START_FAILURES = 3  # workers in a row dying before they are ready fail the calls instead of being replaced
 PREFETCH = 2  # chunks queued per worker: it never idles waiting for the parent
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
+# Seconds an interrupted task or hook (timeout, cancelled job) gets to unwind before its worker is killed: enough
+# for Python code to run its finally blocks, short enough that a task stuck in C code does not hold the pool.
+INTERRUPT_GRACE = 1.0
+
+
+class Due(enum.Enum):
+    """What a deadline is for."""
+
+    TASK = "task_timeout"  # the running task of a worker's head chunk
+    RECHECK = "recheck"  # a timed chunk whose task has not started: its deadline is at least this far away
+    INIT = "worker_init_timeout"
+    EXIT = "worker_exit_timeout"
+    UNWIND = "unwind"  # an interrupted task or hook must have returned by now, or its worker is killed
+
+
+@dataclass
+class _Interrupted:
+    """A worker was asked to interrupt what it runs; *kill_at* is when the engine stops waiting for it."""
+
+    due: Due  # what timed out (TASK, INIT, EXIT), or UNWIND for a cancelled job's chunk
+    start_ns: int  # the clock's START_NS of the interrupted task or hook (0 for a cancellation)
+    tag: int  # the chunk that was running (0 for a hook)
+    kill_at: float
+    error: BaseException | None  # what the call gets if the worker has to be killed
 
 
 @dataclass(frozen=True)
@@ -71,7 +97,6 @@ class _Slot:
     key: int | None = None
     pid: int | None = None
     ready: bool = False
-    started_at: float = 0.0
     inflight: deque[tuple[Job, RunChunk]] = field(default_factory=deque)
     n_assigned: int = 0
     known_funcs: set[int] = field(default_factory=set)
@@ -79,8 +104,11 @@ class _Slot:
     init_failed: bool = False
     exited_cleanly: bool = False
     killed: bool = False
-    exit_started_at: float | None = None
+    exiting: bool = False  # asked to stop, or at its lifespan, with nothing left to run: its exit hook may run
     answered: bool = False  # has returned a chunk
+    init_timeout: float | None = None  # from the calls that were running when the worker started
+    exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
+    interrupted: _Interrupted | None = None
 
 
 class Engine:
@@ -104,8 +132,8 @@ class Engine:
         self._tags = itertools.count(1)
         self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
-        self.worker_init_timeout: float | None = None
-        self.worker_exit_timeout: float | None = None
+        self._strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
+        self._next_deadline: float | None = None  # computed before each wait; nothing is due before it
         self.exit_results: list[Any] = []
         self.exit_errors: list[BaseException] = []
         self.insights = InsightsCollector(settings.n_jobs) if settings.insights else None
@@ -136,9 +164,12 @@ class Engine:
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
         if self.closed or self._stopping:
-            raise RuntimeError("the pool has been stopped; start a new one")
+            raise PoolClosedError("the pool has been stopped; start a new one")
         job.finish_listeners.append(self._job_finished)
         with self._cv:
+            if job.worker_exit_timeout is not None:
+                self._strictest_exit_timeout = min(job.worker_exit_timeout,
+                                                   self._strictest_exit_timeout or job.worker_exit_timeout)
             self._incoming.append(job)
             if background:
                 self._async_jobs.add(job)
@@ -165,12 +196,12 @@ class Engine:
                     self._cv.wait(remaining)
             try:
                 self._step(remaining)
-            except BaseException:
+            except BaseException as exc:
                 # Interrupted mid-step (Ctrl-C, an exception raised by a signal handler, an internal error): the
                 # bookkeeping may be half-updated, with a chunk sent but not recorded, say. The workers go now;
                 # the next call starts fresh ones instead of trusting this state.
                 self._release_driver()
-                self.abort()
+                self.abort(exc)
                 raise
             self._release_driver()
 
@@ -195,15 +226,15 @@ class Engine:
                 self._close_backend(timeout=1.0)
         return self.exit_results
 
-    def terminate(self) -> None:
-        """End every worker now: no exit hooks, in-flight work is lost. Safe to call again after an interruption:
-        it finishes what an interrupted call left (abort() relies on that)."""
+    def terminate(self, reason: str = "Pool was terminated") -> None:
+        """End every worker now: no exit hooks, in-flight work is lost, unfinished calls fail with PoolClosedError
+        saying *reason*. Safe to call again after an interruption: it finishes what an interrupted call left
+        (abort() relies on that)."""
         if self._pid != os.getpid():
             return
         self._stopping = True
         with self._exclusive():
-            for job in self._jobs + self._incoming:
-                job.cancel()
+            self._end_calls(PoolClosedError(f"{reason}: the call's remaining tasks were dropped"))
             for slot in self._slots:
                 if slot.key is not None:
                     slot.killed = True
@@ -235,11 +266,12 @@ class Engine:
             # Become the driver for a moment if nobody is, so the interruption reaches the workers now.
             self.drive(lambda: job not in self._to_cancel, timeout=1.0)
 
-    def abort(self) -> None:
+    def abort(self, cause: BaseException) -> None:
         """After an interruption: end every worker at once. A second Ctrl-C does not stop the cleanup."""
+        reason = f"Pool was terminated because {type(cause).__name__} interrupted the thread driving it"
         while True:
             try:
-                self.terminate()
+                self.terminate(reason)
                 return
             except KeyboardInterrupt:
                 continue
@@ -269,7 +301,8 @@ class Engine:
                 self._incoming.clear()
         self._interrupt_cancelled()
         self._dispatch()
-        wait = self._time_to_deadline()
+        self._next_deadline = self._nearest_deadline()
+        wait = None if self._next_deadline is None else max(0.0, self._next_deadline - time.monotonic())
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
         for event in self.backend.wait(wait):
@@ -278,7 +311,10 @@ class Engine:
             else:
                 assert type(event) is Exited
                 self._on_exit(event.key, event.exitcode, event.clock)
-        self._enforce_deadlines()
+        # Whatever the events changed can only move deadlines later (a new task's deadline is a full timeout
+        # away), so nothing is due before the nearest one computed above.
+        if self._next_deadline is not None and time.monotonic() >= self._next_deadline:
+            self._enforce_deadlines()
         self._interrupt_cancelled()
         if self._jobs:
             self._jobs = [job for job in self._jobs if not job.finished]
@@ -289,14 +325,24 @@ class Engine:
             self._to_cancel.append(job)
 
     def _interrupt_cancelled(self) -> None:
-        """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`)."""
+        """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`).
+
+        A worker whose running chunk does not return within INTERRUPT_GRACE (a task stuck in C code) is killed.
+        """
         while self._to_cancel:
             job = self._to_cancel.pop()
             for slot in self._slots:
-                if slot.key is not None and not slot.killed and any(j is job for j, _ in slot.inflight):
-                    # (a worker still starting has the signal blocked until its handler is installed)
-                    self.backend.clock(slot.key)[CLOCK_CANCEL] = job.id + 1
-                    self.backend.interrupt(slot.key)
+                if slot.key is None or slot.killed or not any(j is job for j, _ in slot.inflight):
+                    continue
+                # (a worker still starting has the signal blocked until its handler is installed)
+                clock = self.backend.clock(slot.key)
+                clock[_clock.CANCEL] = _clock.cancel_mark(job.id)
+                self.backend.interrupt(slot.key)
+                running = clock[_clock.TAG]
+                if (self.backend.supports_interrupt and slot.interrupted is None
+                        and any(j is job and c.tag == running for j, c in slot.inflight)):
+                    slot.interrupted = _Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE,
+                                                    None)
 
     def _dispatch(self) -> None:
         if self._stopping:
@@ -357,6 +403,19 @@ class Engine:
             if slot.key is None:
                 self._start(slot)
 
+    def _hook_timeout(self, due: Due) -> float | None:
+        """The worker_init or worker_exit timeout that applies now: the strictest among the running calls (a
+        worker serves them all), or, for an exit with no call running, the strictest of every call so far."""
+        values = [t for job in self._jobs if not job.finished
+                  and (t := job.worker_init_timeout if due is Due.INIT else job.worker_exit_timeout) is not None]
+        if values:
+            return min(values)
+        return self._strictest_exit_timeout if due is Due.EXIT else None
+
+    def _exit_began(self, slot: _Slot) -> None:
+        slot.exiting = True
+        slot.exit_timeout = self._hook_timeout(Due.EXIT)
+
     def _start(self, slot: _Slot) -> None:
         settings = self.settings
         key = next(self._keys)
@@ -375,19 +434,18 @@ class Engine:
             created_at=time.time(),
         )
         self.backend.start_worker(key, spec)
-        fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key), started_at=time.monotonic(),
-                      known_funcs=set(self._functions))
+        fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key),
+                      known_funcs=set(self._functions), init_timeout=self._hook_timeout(Due.INIT))
         self._slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 
     def _send_stops(self) -> None:
-        now = time.monotonic()
         for slot in self._slots:
             if slot.key is not None and not slot.stop_sent and not slot.killed:
                 self.backend.send(slot.key, STOP)
                 slot.stop_sent = True
                 if not slot.inflight:
-                    slot.exit_started_at = now
+                    self._exit_began(slot)
 
     # --- events --------------------------------------------------------------------------------------------------
 
@@ -402,6 +460,8 @@ class Engine:
                 return
             job, chunk = slot.inflight.popleft()
             slot.answered = True
+            if slot.interrupted is not None and slot.interrupted.tag == chunk.tag:
+                slot.interrupted = None  # the interrupted task returned (or raised) in time
             if chunk.tag != message.tag:  # workers answer in order: anything else is a bug to report, not hide
                 raise RuntimeError(f"parallelize internal error: worker {slot.worker_id} answered chunk tag "
                                    f"{message.tag}, expected {chunk.tag}")
@@ -412,17 +472,21 @@ class Engine:
             if self.insights is not None and message.stats is not None:
                 self.insights.update(slot.worker_id, key, message.stats)
             if not slot.inflight and (slot.stop_sent or self._lifespan_reached(slot)):
-                slot.exit_started_at = time.monotonic()
+                self._exit_began(slot)
         elif kind is WorkerReady:
             slot.ready = True
             self._start_failures = 0
+            interrupted, slot.interrupted = slot.interrupted, None
             if self.insights is not None:
                 self.insights.started(slot.worker_id, message.start_up_time, message.init_time)
             if message.failure is not None:
                 slot.init_failed = True
-                self._fail_all(unpack_exception(message.failure))
+                # An init interrupted for its timeout: the engine's message names the worker and the limit.
+                error = interrupted.error if interrupted is not None else None
+                self._init_failed(error or unpack_exception(message.failure))
         elif kind is WorkerExited:
             slot.exited_cleanly = True
+            interrupted, slot.interrupted = slot.interrupted, None
             if message.reason == "memory" and not slot.answered:
                 # Over the limit before its first chunk: every replacement would be too, and nothing would run.
                 self._fail_all(ConfigError(
@@ -437,7 +501,7 @@ class Engine:
             if self.insights is not None:
                 self.insights.exited(slot.worker_id, key, message.exit_time, message.stats)
             if message.failure is not None:
-                error = unpack_exception(message.failure)
+                error = (interrupted.error if interrupted is not None else None) or unpack_exception(message.failure)
                 self.exit_errors.append(error)
                 self._fail_all(error)
 
@@ -449,7 +513,7 @@ class Engine:
         slot.inflight.clear()
         if orphans and not slot.killed and not slot.exited_cleanly:
             job, chunk = orphans.pop(0)
-            position = clock[CLOCK_INDEX] if clock[CLOCK_TAG] == chunk.tag else None
+            position = clock[_clock.INDEX] if clock[_clock.TAG] == chunk.tag else None
             job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:
             job.requeue(chunk)
@@ -485,75 +549,146 @@ class Engine:
         for job in self._jobs + self._incoming:
             job.fail(error)
 
+    def _end_calls(self, error: PoolClosedError) -> None:
+        """The pool ends: calls still open (an imap being read, a pending submit) fail with *error*, at once,
+        never ending with a silent part of their results. Calls that already have every result keep them."""
+        for job in self._jobs + self._incoming:
+            if not job.finished:
+                job.fail(error)
+                job.withdraw_results()
+
+    def _init_failed(self, error: BaseException) -> None:
+        """A worker_init failed or timed out: the calls fail, and so do the other workers still in their init
+        (they would most likely fail the same way, and nobody may be left driving to enforce their timeouts)."""
+        self._fail_all(error)
+        for slot in self._slots:
+            if slot.key is not None and not slot.ready and not slot.killed:
+                self._kill(slot)
+
     def _lifespan_reached(self, slot: _Slot) -> bool:
         lifespan = self.settings.worker_lifespan
         return lifespan is not None and slot.n_assigned >= lifespan
 
     # --- deadlines -----------------------------------------------------------------------------------------------
 
-    def _deadlines(self) -> list[tuple[float, _Slot, str]]:
-        out: list[tuple[float, _Slot, str]] = []
+    def _deadlines(self) -> Iterator[tuple[float, _Slot, Due]]:
+        """Each worker's next deadline, if it has one."""
         for slot in self._slots:
             if slot.key is None or slot.killed:
                 continue
-            if not slot.ready:
-                if self.worker_init_timeout is not None:
-                    out.append((slot.started_at + self.worker_init_timeout, slot, "init"))
+            if slot.interrupted is not None:
+                yield slot.interrupted.kill_at, slot, Due.UNWIND
+            elif not slot.ready:
+                if slot.init_timeout is not None:
+                    yield self._hook_deadline(slot, slot.init_timeout, Due.INIT)
             elif slot.inflight:
-                job, chunk = slot.inflight[0]
-                if job.task_timeout is not None:
+                chunk = slot.inflight[0][1]
+                if chunk.task_timeout is not None:
                     clock = self.backend.clock(slot.key)
-                    started = clock[CLOCK_START_NS]
-                    if started and clock[CLOCK_TAG] == chunk.tag:
-                        out.append((started / 1e9 + job.task_timeout, slot, "task"))
+                    started = clock[_clock.START_NS]
+                    if started and clock[_clock.TAG] == chunk.tag:
+                        yield started / 1e9 + chunk.task_timeout, slot, Due.TASK
                     else:
                         # Not started yet (or between two tasks): its deadline is at least a timeout away.
                         # Wake up then to read the clock again; never late, and no busy polling.
-                        out.append((time.monotonic() + job.task_timeout, slot, "recheck"))
-            elif slot.exit_started_at is not None and self.worker_exit_timeout is not None:
-                out.append((slot.exit_started_at + self.worker_exit_timeout, slot, "exit"))
-        return out
+                        yield time.monotonic() + chunk.task_timeout, slot, Due.RECHECK
+            elif slot.exiting and slot.exit_timeout is not None:
+                yield self._hook_deadline(slot, slot.exit_timeout, Due.EXIT)
 
-    def _time_to_deadline(self) -> float | None:
-        times = [d for d, _, _ in self._deadlines()]
+    def _hook_deadline(self, slot: _Slot, timeout: float, due: Due) -> tuple[float, _Slot, Due]:
+        """Counted from the hook's start, as MPIRE does: a slow process start (spawn on a busy machine) is not the
+        hook's fault. Until the hook starts, look again a timeout later."""
+        assert slot.key is not None
+        started = self.backend.clock(slot.key)[_clock.START_NS]
+        if started:
+            return started / 1e9 + timeout, slot, due
+        return time.monotonic() + timeout, slot, Due.RECHECK
+
+    def _nearest_deadline(self) -> float | None:
+        times = [deadline for deadline, _, _ in self._deadlines()]
         times.extend(t for job in self._jobs if (t := job.next_retry_at()) is not None)
-        if not times:
-            return None
-        return max(0.0, min(times) - time.monotonic())
+        return min(times, default=None)
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        for deadline, slot, what in self._deadlines():
-            if deadline > now:
+        for deadline, slot, due in list(self._deadlines()):
+            if deadline > now or due is Due.RECHECK:
                 continue
-            if what == "recheck":
-                continue
-            if what == "task":
+            if due is Due.UNWIND:
+                self._unwind_overdue(slot)
+            elif due is Due.TASK:
                 self._task_timed_out(slot)
-            elif what == "init":
-                error = TaskTimeoutError(
-                    f"worker_init of worker {slot.worker_id} ran longer than worker_init_timeout="
-                    f"{self.worker_init_timeout}s; the worker was stopped")
-                self._kill(slot)
-                self._fail_all(error)
             else:
-                error = TaskTimeoutError(
-                    f"worker_exit of worker {slot.worker_id} ran longer than worker_exit_timeout="
-                    f"{self.worker_exit_timeout}s; the worker was stopped")
-                self._kill(slot)
-                self.exit_errors.append(error)
-                self._fail_all(error)
+                self._hook_timed_out(slot, due)
 
     def _task_timed_out(self, slot: _Slot) -> None:
+        """Raise TaskTimeoutError inside the task, so its finally blocks run and the worker lives on; kill the
+        worker only if the task does not return within INTERRUPT_GRACE, or cannot be interrupted at all."""
         assert slot.key is not None
-        job, chunk = slot.inflight.popleft()
-        position = self.backend.clock(slot.key)[CLOCK_INDEX]
-        note = "" if self.backend.supports_kill else " (a thread cannot be interrupted: it runs on, disowned)"
-        error = TaskTimeoutError(
-            f"task {chunk.start + position} ({describe_unpicklable(chunk.items[position])}) ran longer than "
-            f"task_timeout={job.task_timeout}s; worker {slot.worker_id} (pid {slot.pid}) was stopped{note}")
+        job, chunk = slot.inflight[0]
+        clock = self.backend.clock(slot.key)
+        position = clock[_clock.INDEX]
+        what = (f"task {chunk.start + position} ({describe_unpicklable(chunk.items[position])}) ran longer than "
+                f"task_timeout={chunk.task_timeout}s")
+        if self.backend.supports_interrupt:
+            start_ns = clock[_clock.START_NS]
+            error = TaskTimeoutError(f"{what} and did not stop within {INTERRUPT_GRACE}s of being interrupted; "
+                                     f"worker {slot.worker_id} (pid {slot.pid}) was stopped")
+            self._interrupt(slot, Due.TASK, start_ns, chunk.tag, error)
+            return
+        slot.inflight.popleft()
         self._kill(slot)
-        job.lost(chunk, position, error)
+        job.lost(chunk, position, TaskTimeoutError(
+            f"{what}; worker {slot.worker_id} was abandoned (a thread cannot be interrupted: it runs on, disowned)"))
+
+    def _hook_timed_out(self, slot: _Slot, due: Due) -> None:
+        """A worker_init or worker_exit ran past its timeout: interrupt it (the worker reports the failure and
+        ends), or kill the worker if it cannot be interrupted."""
+        assert slot.key is not None
+        hook = "worker_init" if due is Due.INIT else "worker_exit"
+        limit = slot.init_timeout if due is Due.INIT else slot.exit_timeout
+        error = TaskTimeoutError(f"{hook} of worker {slot.worker_id} ran longer than {due.value}={limit}s; the "
+                                 "worker was stopped")
+        start_ns = self.backend.clock(slot.key)[_clock.START_NS]
+        if not start_ns:
+            return  # it returned a moment ago; its report is on the way
+        if self.backend.supports_interrupt:
+            self._interrupt(slot, due, start_ns, 0, error)
+        else:
+            self._hook_failed(slot, due, error)
+
+    def _hook_failed(self, slot: _Slot, due: Due, error: BaseException) -> None:
+        self._kill(slot)
+        if due is Due.INIT:
+            self._init_failed(error)
+        else:
+            self.exit_errors.append(error)
+            self._fail_all(error)
+
+    def _interrupt(self, slot: _Slot, due: Due, start_ns: int, tag: int, error: BaseException) -> None:
+        assert slot.key is not None
+        self.backend.clock(slot.key)[_clock.TIMEOUT_NS] = start_ns
+        self.backend.interrupt(slot.key)
+        slot.interrupted = _Interrupted(due, start_ns, tag, time.monotonic() + INTERRUPT_GRACE, error)
+
+    def _unwind_overdue(self, slot: _Slot) -> None:
+        """An interrupted task or hook had INTERRUPT_GRACE to return. Still running the same thing: kill."""
+        assert slot.key is not None and slot.interrupted is not None
+        interrupted, slot.interrupted = slot.interrupted, None
+        clock = self.backend.clock(slot.key)
+        if interrupted.due is Due.UNWIND:
+            if clock[_clock.TAG] == interrupted.tag:
+                self._kill(slot)  # a cancelled job's chunk; the live jobs' chunks it held are sent again
+            return
+        if clock[_clock.START_NS] != interrupted.start_ns:
+            return  # it returned; its answer is on its way
+        assert interrupted.error is not None
+        if interrupted.due is Due.TASK:
+            job, chunk = slot.inflight.popleft()
+            self._kill(slot)
+            job.lost(chunk, clock[_clock.INDEX], interrupted.error)
+        else:
+            self._hook_failed(slot, interrupted.due, interrupted.error)
 
     def _kill(self, slot: _Slot) -> None:
         assert slot.key is not None
@@ -599,6 +734,8 @@ class Engine:
         return self.drive(lambda: not self._async_jobs, timeout)
 
     def _close_backend(self, timeout: float) -> None:
+        self._end_calls(PoolClosedError("the pool was closed before this call finished; its remaining tasks were "
+                                        "dropped"))
         self.closed = True
         self.backend.close(timeout)  # idempotent, and resumes a close interrupted by a second Ctrl-C
         background = self._background

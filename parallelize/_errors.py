@@ -3,6 +3,7 @@
     ParallelError (Exception)
     ├── ConfigError (ValueError)            bad option or PARALLELIZE_* value; raised before any process starts
     ├── PoolBusyError (RuntimeError)        a second map on a WorkerPool while an imap is still being consumed
+    ├── PoolClosedError (RuntimeError)      the pool was terminated or closed before the call finished
     ├── TaskTimeoutError (TimeoutError)     a task, worker_init or worker_exit ran past its timeout
     ├── WorkerDiedError (BrokenProcessPool) a worker process ended without reporting (signal, os._exit, OOM)
     ├── ResultPicklingError (PicklingError) a task's return value could not be sent back to the caller
@@ -30,6 +31,14 @@ class ConfigError(ParallelError, ValueError):
 
 class PoolBusyError(ParallelError, RuntimeError):
     """The pool is running a lazy job (imap) that must be finished or closed before another starts."""
+
+
+class PoolClosedError(ParallelError, RuntimeError):
+    """The pool was terminated or closed (terminate(), close(), leaving ``with``) while a call still needed it.
+
+    An open imap raises it at its next step, and a pending apply_async or submit gets it as its error: a call
+    never ends with a silent part of its results.
+    """
 
 
 class TaskTimeoutError(ParallelError, TimeoutError):

@@ -23,7 +23,6 @@ from ._chunking import ChunkSizer
 from ._messages import RunChunk
 from ._serialize import TaskFailure, unpack_exception
 
-ON_ERROR_POLICIES = ("raise", "return", "skip")
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
 
@@ -53,6 +52,8 @@ class Job:
         max_active: int | None = None,
         slot_of_chunk: Callable[[int], int] | None = None,
         task_timeout: float | None = None,
+        worker_init_timeout: float | None = None,
+        worker_exit_timeout: float | None = None,
         on_error: str = "raise",
         retries: int = 0,
         retry_backoff: float = 0.0,
@@ -65,6 +66,9 @@ class Job:
         self.max_active = max_active
         self.slot_of_chunk = slot_of_chunk  # order_tasks: chunk i may only go to worker slot_of_chunk(i)
         self.task_timeout = task_timeout
+        # The hook timeouts of this call, for the workers serving it (the engine takes the strictest of its calls).
+        self.worker_init_timeout = worker_init_timeout
+        self.worker_exit_timeout = worker_exit_timeout
         self.on_error = on_error
         self.retries = retries
         self.retry_backoff = retry_backoff
@@ -82,6 +86,7 @@ class Job:
         self._emit_next = 0
         self._completed: dict[int, list[Any]] = {}
         self._ready: deque[list[Any]] = deque()
+        self._handed_out: list[Any] | None = None  # the batch the caller is reading now (see withdraw_results)
         self.exhausted = False
         self.n_active_chunks = 0
         self.n_active_tasks = 0
@@ -127,7 +132,7 @@ class Job:
                 self.fail(exc)
                 return None
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout is not None, self.keep_going, 0)
+                             self.task_timeout, self.keep_going, 0)
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
@@ -211,11 +216,21 @@ class Job:
     def pop_ready(self) -> list[Any]:
         """Every result that may be handed out now (in input order when ordered)."""
         if len(self._ready) == 1:
-            return self._ready.popleft()
-        out: list[Any] = []
-        while self._ready:
-            out.extend(self._ready.popleft())
+            out = self._ready.popleft()
+        else:
+            out = []
+            while self._ready:
+                out.extend(self._ready.popleft())
+        self._handed_out = out
         return out
+
+    def withdraw_results(self) -> None:
+        """The pool ended under this call: results not handed out yet are dropped, the batch being read included
+        (emptying the list stops an iteration over it), so the caller raises at its next step instead of reading
+        on. Costs nothing per result."""
+        self._ready.clear()
+        if self._handed_out is not None:
+            self._handed_out.clear()
 
     # --- internals -------------------------------------------------------------------------------------------------
 

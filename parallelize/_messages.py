@@ -31,7 +31,7 @@ class RunChunk(NamedTuple):
     call_mode: int
     items: list[Any]
     start: int  # input index of items[0]
-    tracked: bool  # publish each task's start time on the worker's clock (the job has a task timeout)
+    task_timeout: float | None  # seconds; each task's start time is then published on the worker's clock
     keep_going: bool  # after a failing item, go on with the rest of the chunk (on_error return/skip, retries)
     tag: int  # unique per dispatch: tells the parent which chunk the worker's clock is about
 

@@ -4,10 +4,9 @@ The same loop runs in a worker process and in a worker thread; a Channel hides w
 worker what to do with RunChunk / RegisterFunc / STOP messages and hears back ChunkDone / WorkerReady /
 WorkerExited (see _messages).
 
-The worker publishes what it is doing on its *clock*, a few int64 slots in shared memory the parent can read at
-any time without a message: which chunk (CLOCK_TAG) and which item of it (CLOCK_INDEX) is running, and when that
-item started (CLOCK_START_NS, only for jobs with a task timeout). That is how the parent names the exact task
-that was running when a worker died or timed out, at the cost of one memory write per task.
+The worker publishes what it is doing on its task clock (see _clock), which the parent reads without a message.
+One signal handler (installed by process backends) interrupts the running task or hook when the parent asks:
+TaskTimeoutError for a timeout, ChunkCancelled for a cancelled job.
 """
 
 from __future__ import annotations
@@ -20,7 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import _clock
 from ._chunking import is_numpy_array
+from ._clock import Clock, cancel_mark
+from ._errors import TaskTimeoutError
 from ._messages import (
     CALL_APPLY,
     CALL_MPIRE,
@@ -34,12 +36,6 @@ from ._messages import (
 )
 from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception
 
-CLOCK_START_NS = 0  # time.monotonic_ns() when the running task started; 0 when none (tracked jobs only)
-CLOCK_INDEX = 1  # position in its chunk of the running (or last) task
-CLOCK_TAG = 2  # tag of the chunk being run; 0 between chunks
-CLOCK_CANCEL = 3  # written by the parent: 1 + id of a job whose chunks must stop
-CLOCK_SIZE = 4
-
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
 
 _thread_state = threading.local()
@@ -49,14 +45,6 @@ in_worker_process = False  # set in worker processes (and inherited by their for
 def in_worker() -> bool:
     """True inside a worker process or worker thread: calls from here must not start pools of their own."""
     return in_worker_process or getattr(_thread_state, "active", False)
-
-
-class Clock(Protocol):
-    """Int64 slots shared with the parent (a memoryview of shared memory, or a list for thread workers)."""
-
-    def __getitem__(self, index: int, /) -> int: ...
-
-    def __setitem__(self, index: int, value: int, /) -> None: ...
 
 
 class Channel(Protocol):
@@ -141,26 +129,64 @@ def call_item(func: Callable[..., Any], item: Any, call_mode: int) -> Any:
 
 
 class _Running:
-    """What the cancel signal handler needs to know: is user code running, and for which job."""
+    """What the interrupt signal handler needs to know: which chunk's tasks run, or which hook."""
 
     in_tasks = False
+    worker_id = -1
     job_id = -1
+    chunk: RunChunk | None = None
+    hook = ""  # "worker_init" or "worker_exit" while one runs
 
 
-def cancel_signal_handler(clock: Clock) -> Callable[[int, Any], None]:
-    """A signal handler that interrupts the running task if its job is the one the parent cancelled."""
+def interrupt_signal_handler(clock: Clock) -> Callable[[int, Any], None]:
+    """A signal handler that interrupts the running task or hook when the parent asks for it on the clock.
+
+    TIMEOUT_NS equal to START_NS: the task or hook running now is the one that timed out (a late signal finds
+    another START_NS and does nothing). CANCEL equal to the running job's mark: its job was cancelled.
+    """
 
     def handler(signum: int, frame: Any) -> None:
-        if _Running.in_tasks and clock[CLOCK_CANCEL] == _Running.job_id + 1:
+        timed_out = clock[_clock.TIMEOUT_NS]
+        if timed_out and timed_out == clock[_clock.START_NS]:
+            raise TaskTimeoutError(_timeout_message(clock))
+        if _Running.in_tasks and clock[_clock.CANCEL] == cancel_mark(_Running.job_id):
             raise ChunkCancelled
 
     return handler
+
+
+def _timeout_message(clock: Clock) -> str:
+    chunk = _Running.chunk
+    if _Running.in_tasks and chunk is not None:
+        index = clock[_clock.INDEX]
+        return (f"task {chunk.start + index} ({describe_unpicklable(chunk.items[index])}) ran longer than "
+                f"task_timeout={chunk.task_timeout}s and was interrupted in worker {_Running.worker_id} "
+                f"(pid {_pid()}), which goes on")
+    return f"{_Running.hook or 'the worker'} ran longer than its timeout and was interrupted"
+
+
+def _run_hook(name: str, hook: Callable[..., Any], prefix: list[Any],
+              clock: Clock) -> tuple[Any, TaskFailure | None, float]:
+    """(result, failure, seconds) of one hook call, timed on the clock so the parent can interrupt it."""
+    _Running.hook = name
+    t0 = time.perf_counter()
+    try:
+        clock[_clock.START_NS] = time.monotonic_ns()
+        result = hook(*prefix)
+        clock[_clock.START_NS] = 0
+        return result, None, time.perf_counter() - t0
+    except BaseException as exc:  # reported to the parent, which decides
+        clock[_clock.START_NS] = 0
+        return None, pack_exception(exc), time.perf_counter() - t0
+    finally:
+        _Running.hook = ""
 
 
 def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     """The worker's whole life. Returns when told to stop, after its lifespan, or when the parent is gone."""
     started = time.time()
     _thread_state.active = True
+    _Running.worker_id = spec.worker_id
     prefix: list[Any] = []
     if spec.pass_worker_id:
         prefix.append(spec.worker_id)
@@ -172,13 +198,8 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
 
     init_failure: TaskFailure | None = None
     init_time = 0.0
-    if spec.worker_init is not None:
-        t0 = time.perf_counter()
-        try:
-            spec.worker_init(*prefix)
-        except BaseException as exc:  # reported to the parent, which decides; the worker cannot go on
-            init_failure = pack_exception(exc)
-        init_time = time.perf_counter() - t0
+    if spec.worker_init is not None:  # a failure is reported to the parent; this worker cannot go on
+        _, init_failure, init_time = _run_hook("worker_init", spec.worker_init, prefix, clock)
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
     channel.send(WorkerReady(spec.worker_id, _pid(), start_up, init_time, init_failure))
     if init_failure is not None:
@@ -235,12 +256,7 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     exit_failure: TaskFailure | None = None
     exit_time = 0.0
     if spec.worker_exit is not None:
-        t0 = time.perf_counter()
-        try:
-            exit_result = spec.worker_exit(*prefix)
-        except BaseException as exc:
-            exit_failure = pack_exception(exc)
-        exit_time = time.perf_counter() - t0
+        exit_result, exit_failure, exit_time = _run_hook("worker_exit", spec.worker_exit, prefix, clock)
     stats = insights.snapshot() if insights is not None else None
     try:
         channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss))
@@ -256,25 +272,26 @@ def _run_chunk(
     insights: _Insights | None,
 ) -> tuple[list[Any], list[TaskFailure] | None, bool]:
     """(values, failures, cancelled). The common case is the first loop: one clock write per task."""
-    if clock[CLOCK_CANCEL] == chunk.job_id + 1:
+    if clock[_clock.CANCEL] == cancel_mark(chunk.job_id):
         return [], None, True  # cancelled before it started
-    clock[CLOCK_TAG] = chunk.tag
+    clock[_clock.TAG] = chunk.tag
     _Running.job_id = chunk.job_id
+    _Running.chunk = chunk
     values: list[Any] = []
     try:
         _Running.in_tasks = True
-        if not (chunk.tracked or chunk.keep_going or insights is not None):
+        if not (chunk.task_timeout is not None or chunk.keep_going or insights is not None):
             append = values.append
             index = 0
             try:
                 if chunk.call_mode == CALL_APPLY:
                     for index, (args, kwargs) in enumerate(chunk.items):
-                        clock[CLOCK_INDEX] = index
+                        clock[_clock.INDEX] = index
                         append(func(*args, **kwargs))
                 elif chunk.call_mode == CALL_MPIRE:
                     whole = _WHOLE_TYPES
                     for index, item in enumerate(chunk.items):
-                        clock[CLOCK_INDEX] = index
+                        clock[_clock.INDEX] = index
                         kind = type(item)
                         if kind in whole:
                             append(func(item))
@@ -284,7 +301,7 @@ def _run_chunk(
                             append(call_item(func, item, CALL_MPIRE))
                 else:
                     for index, item in enumerate(chunk.items):
-                        clock[CLOCK_INDEX] = index
+                        clock[_clock.INDEX] = index
                         if isinstance(item, tuple):
                             append(func(*item))
                         elif isinstance(item, dict):
@@ -300,8 +317,9 @@ def _run_chunk(
     except ChunkCancelled:  # arrived between two tasks
         return values, None, True
     finally:
-        _Running.in_tasks = False  # first: the cancel signal must not fire in the bookkeeping below
-        clock[CLOCK_TAG] = 0
+        _Running.in_tasks = False  # first: the interrupt signal must not fire in the bookkeeping below
+        _Running.chunk = None
+        clock[_clock.TAG] = 0
 
 
 def _run_chunk_careful(
@@ -314,30 +332,36 @@ def _run_chunk_careful(
     """Per-task start times (timeouts), timings (insights), and going on after failures (keep_going)."""
     failures: list[TaskFailure] = []
     call_mode = chunk.call_mode
-    tracked = chunk.tracked
+    timed = chunk.task_timeout is not None
     perf = time.perf_counter
     try:
         for index, item in enumerate(chunk.items):
-            clock[CLOCK_INDEX] = index
-            if tracked:
-                clock[CLOCK_START_NS] = time.monotonic_ns()
+            clock[_clock.INDEX] = index
             t0 = perf()
             try:
-                values.append(call_item(func, item, call_mode))
+                # START_NS is set only while the task itself runs: a timeout signal arriving after it returned
+                # finds 0 and cannot hit the bookkeeping below.
+                if timed:
+                    clock[_clock.START_NS] = time.monotonic_ns()
+                value = call_item(func, item, call_mode)
+                if timed:
+                    clock[_clock.START_NS] = 0
             except ChunkCancelled:
                 raise
-            except BaseException as exc:
+            except BaseException as exc:  # TaskTimeoutError from the interrupt handler included
+                clock[_clock.START_NS] = 0
                 failures.append(pack_exception(exc, index))
                 if not chunk.keep_going:
                     break
                 values.append(None)
                 continue
+            values.append(value)
             if insights is not None:
                 insights.record(perf() - t0, item)
     except ChunkCancelled:
         return values, failures or None, True
     finally:
-        clock[CLOCK_START_NS] = 0
+        clock[_clock.START_NS] = 0
     return values, failures or None, False
 
 

@@ -69,10 +69,8 @@ class AsyncResult:
         self.wait(timeout)
         if not self._job.done_event.is_set():
             raise ResultTimeoutError(f"the result was not ready within {timeout}s")
-        if self._job.error is not None:
+        if self._job.error is not None:  # PoolClosedError if the pool was terminated first
             raise self._job.error
-        if self._job.cancelled:
-            raise RuntimeError("the task was cancelled because the pool was terminated")
         return self._value
 
 
@@ -225,9 +223,8 @@ class WorkerPool:
                  progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
         with self._lock:
             engine = self._engine_for(settings)
-            engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
             job = self._make_job(engine, func, iterable, ordered, iterable_len, max_tasks_active, chunk_size,
-                                 n_splits, task_timeout)
+                                 n_splits, task_timeout, init_timeout, exit_timeout)
             if lazy:
                 self._lazy_job = job
             self._active_calls += 1
@@ -244,12 +241,14 @@ class WorkerPool:
 
     def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
                   iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,
-                  n_splits: int | None, task_timeout: float | None) -> Job:
+                  n_splits: int | None, task_timeout: float | None, init_timeout: float | None,
+                  exit_timeout: float | None) -> Job:
         if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
             n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
         return map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered, iterable_len=iterable_len,
                        max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
-                       task_timeout=task_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
+                       task_timeout=task_timeout, worker_init_timeout=init_timeout,
+                       worker_exit_timeout=exit_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
                        split_arrays=True)
 
     # --- apply --------------------------------------------------------------------------------------------------
@@ -283,8 +282,8 @@ class WorkerPool:
         settings = self._settings(worker_init, worker_exit, None)
         with self._lock:
             engine = self._engine_for(settings)
-            engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
-            job = apply_job(engine, func, args, kwargs or {}, task_timeout)
+            job = apply_job(engine, func, args, kwargs or {}, task_timeout=task_timeout,
+                            worker_init_timeout=init_timeout, worker_exit_timeout=exit_timeout)
             result = AsyncResult(engine, job, callback, error_callback)
             engine.submit(job, background=True)
         return result

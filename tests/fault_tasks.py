@@ -103,13 +103,15 @@ def behave(i: int, action: str = "ok", arg: Any = None, payload: Any = None) -> 
         directory = Path(arg)
         _write(directory / f"{i}.pid", str(os.getpid()))
         return "released" if wait_for(directory / "release") else "never released"
-    if action == "ignore_term":  # a task that will not die of SIGTERM
+    if action == "ignore_term":  # will not be interrupted (like C code) and will not die of SIGTERM
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         directory = Path(arg)
         _write(directory / f"{i}.pid", str(os.getpid()))
         time.sleep(WAIT_LIMIT)
         return "outlived its timeout"
-    if action == "grandchild":  # start a `sleep` subprocess and wait on it
+    if action == "grandchild":  # start a `sleep` subprocess and wait on it, not to be interrupted (like C code)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         child = subprocess.Popen(["sleep", str(int(WAIT_LIMIT))])
         _write(Path(arg) / f"{i}.grandchild", str(child.pid))
         child.wait()

@@ -73,3 +73,42 @@ def child_keys() -> set[tuple[int, float]]:
         except psutil.Error:
             pass
     return keys
+
+
+def sleep_holding(lock: Any, seconds: float) -> str:
+    """Hold *lock* (a shared object) for *seconds*: a task that times out must let it go on its way out."""
+    with lock:
+        time.sleep(seconds)
+    return "slept"
+
+
+def wait_on(event: Any, _: Any = None) -> bool:
+    """Wait on *event* (a shared object) for up to 30 s."""
+    return bool(event.wait(30))
+
+
+def sleep_then_mark(path: str, seconds: float) -> str:
+    """Sleep, and write *path* in a finally block: shows whether an interrupted task unwound."""
+    try:
+        time.sleep(seconds)
+    finally:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    return "slept"
+
+
+def marking_hook(shared: tuple[str, float]) -> str:
+    """A worker_init/worker_exit hook: sleeps for shared[1] seconds and writes its pid to shared[0] on the way out."""
+    return sleep_then_mark(*shared)
+
+
+def second(_: Any, x: Any) -> Any:
+    """A task with one leading argument (shared objects, say) that returns its item."""
+    return x
+
+
+def announced_marking_hook(shared: tuple[str, float]) -> str:
+    """marking_hook that first appends its pid to shared[0] + ".started"."""
+    with open(shared[0] + ".started", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return marking_hook(shared)

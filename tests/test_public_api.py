@@ -34,8 +34,9 @@ def test_errors_subclass_the_builtins_they_resemble() -> None:
     assert issubclass(parallelize.TaskTimeoutError, TimeoutError)
     assert issubclass(parallelize.WorkerDiedError, BrokenProcessPool)
     assert issubclass(parallelize.ForkAfterThreadsWarning, RuntimeWarning)
-    for name in ("ConfigError", "PoolBusyError", "TaskTimeoutError", "WorkerDiedError", "ResultPicklingError",
-                 "RemoteError"):
+    assert issubclass(parallelize.PoolClosedError, RuntimeError)
+    for name in ("ConfigError", "PoolBusyError", "PoolClosedError", "TaskTimeoutError", "WorkerDiedError",
+                 "ResultPicklingError", "RemoteError"):
         assert issubclass(getattr(parallelize, name), parallelize.ParallelError)
 
 

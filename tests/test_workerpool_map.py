@@ -25,7 +25,7 @@ import pytest
 
 import parallelize
 from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of
-from parallelize import ConfigError, PoolBusyError, WorkerPool
+from parallelize import ConfigError, PoolBusyError, PoolClosedError, WorkerPool
 
 WAIT_S = 30.0  # bound on every blocking wait in a task or the test: a backstop, never expected to run out
 N_JOBS = 2
@@ -600,7 +600,7 @@ def test_leaving_the_with_block_with_pending_apply_async_ends_the_pool_and_fails
     with WorkerPool(N_JOBS, start_method="fork") as pool:
         results = [pool.apply_async(sleep_for, (WAIT_S,)) for _ in range(pending)]
     for result in results:
-        with pytest.raises(RuntimeError, match="cancelled because the pool was terminated"):
+        with pytest.raises(PoolClosedError, match="Pool was terminated"):
             result.get(timeout=WAIT_S)
 
 

@@ -24,7 +24,7 @@ class Received(NamedTuple):
 class Exited(NamedTuple):
     """A worker ended. exitcode is negative for a signal (as in multiprocessing), None if unknown.
 
-    *clock* is the worker's last clock (see _worker.CLOCK_*): what it was running when it ended.
+    *clock* is the worker's last clock (see _clock): what it was running when it ended.
     """
 
     key: int
@@ -36,7 +36,8 @@ Event = Received | Exited
 
 
 class Backend(abc.ABC):
-    supports_kill: bool = True
+    supports_kill: bool = True  # kill() really ends a worker (a thread can only be disowned)
+    supports_interrupt: bool = True  # interrupt() raises in the running task (TaskTimeoutError, ChunkCancelled)
     name: str = "abstract"
 
     @abc.abstractmethod
@@ -57,13 +58,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def clock(self, key: int) -> MutableSequence[int]:
-        """The worker's task clock (see _worker.CLOCK_*), readable while the worker runs."""
+        """The worker's task clock (see _clock), readable and writable while the worker runs."""
 
     @abc.abstractmethod
     def interrupt(self, key: int) -> None:
-        """Ask a worker to abandon its running task if its job was cancelled (see _worker.CLOCK_CANCEL).
+        """Make a worker look at its clock now: it interrupts its running task or hook if the clock says so
+        (a timeout: _clock.TIMEOUT_NS; a cancelled job: _clock.CANCEL).
 
-        Backends that cannot interrupt running code make this a no-op: the worker checks between chunks.
+        Backends that cannot interrupt running code (supports_interrupt False) make this a no-op: the worker sees
+        a cancellation before its next chunk, and the engine handles a timeout with kill().
         """
 
     @abc.abstractmethod

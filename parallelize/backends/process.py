@@ -23,10 +23,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
-from .. import _worker
+from .. import _clock, _worker
 from .._errors import ForkAfterThreadsWarning
 from .._serialize import dumps_by_value, loads
-from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
+from .._worker import WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
 from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
 from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
@@ -39,10 +39,10 @@ _PARENT_ONLY_FDS: set[int] = set()
 _WAKE = -1
 
 
-CANCEL_SIGNAL = signal.SIGUSR1
+INTERRUPT_SIGNAL = signal.SIGUSR1  # a task timeout or a cancellation: see _worker.interrupt_signal_handler
 # Blocked while a worker starts, and inherited blocked: a Ctrl-C or a cancellation arriving before the worker
 # has installed its handlers waits for them instead of killing it (or printing a traceback).
-_STARTUP_BLOCKED = {signal.SIGINT, CANCEL_SIGNAL}
+_STARTUP_BLOCKED = {signal.SIGINT, INTERRUPT_SIGNAL}
 
 
 class _SpawnSpec:
@@ -71,7 +71,7 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
         faulthandler.enable(file=2)  # a segfault in a task prints the Python stack of the worker
     _watch_parent(lifeline)
     slots = memoryview(clock).cast("B").cast("q")  # int64 slots; a memoryview write is the cheapest per task
-    signal.signal(CANCEL_SIGNAL, _worker.cancel_signal_handler(slots))
+    signal.signal(INTERRUPT_SIGNAL, _worker.interrupt_signal_handler(slots))
     # Both were blocked by the parent around the start (see start_worker); from here on they are handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
     _worker.in_worker_process = True
@@ -203,7 +203,7 @@ class ProcessBackend(Backend):
         result_r, result_w = self._ctx.Pipe(duplex=False)
         for conn in (task_w, result_r):
             enlarge_pipe(conn.fileno())
-        clock = self._ctx.RawArray("q", CLOCK_SIZE)
+        clock = self._ctx.RawArray("q", _clock.SIZE)
         if self.name == "fork" and not self._fork_warned:
             self._fork_warned = _warn_if_threads()
         if self.name == "forkserver":
@@ -375,7 +375,7 @@ class ProcessBackend(Backend):
         worker = self._workers.get(key)
         if worker is not None and worker.process.exitcode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.process.pid, CANCEL_SIGNAL)
+                os.kill(worker.process.pid, INTERRUPT_SIGNAL)
 
     def kill(self, key: int, grace: float) -> None:
         worker = self._workers.get(key)

@@ -11,7 +11,8 @@ import threading
 from collections.abc import MutableSequence
 from typing import Any
 
-from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
+from .. import _clock
+from .._worker import WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
 
 
@@ -35,11 +36,12 @@ class _ThreadWorker:
     def __init__(self, thread: threading.Thread, inbox: queue.SimpleQueue[Any]) -> None:
         self.thread = thread
         self.inbox = inbox
-        self.clock: list[int] = [0] * CLOCK_SIZE
+        self.clock: list[int] = [0] * _clock.SIZE
 
 
 class ThreadBackend(Backend):
     supports_kill = False
+    supports_interrupt = False
     name = "threading"
 
     def __init__(self) -> None:
