@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Protocol
 
 START_NS = 0  # time.monotonic_ns() when the running task or hook started; 0 when none is timed
-INDEX = 1  # position in its chunk of the running (or last) task
+INDEX = 1  # position in its chunk of the running task, or of the result being pickled; SENDING after that
 TAG = 2  # tag of the chunk being run; 0 between chunks
 CANCEL = 3  # written by the parent: cancel_mark(job id) of a job whose chunks must stop
 TIMEOUT_NS = 4  # written by the parent: START_NS of the task or hook to interrupt with a TaskTimeoutError
 SIZE = 5
+
+SENDING = -1  # INDEX while the chunk's results are being sent: every task ran, the results are not back yet
 
 
 class Clock(Protocol):

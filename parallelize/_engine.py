@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _clock
-from ._errors import ConfigError, PoolClosedError, TaskTimeoutError, WorkerDiedError
+from ._errors import ConfigError, PoolClosedError, ResultPicklingError, TaskTimeoutError, WorkerDiedError
 from ._insights import InsightsCollector
 from ._job import Job
-from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
-from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
+from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, Undecodable, WorkerExited, WorkerReady
+from ._serialize import TaskFailure, describe_unpicklable, dumps_by_value, loads, pack_exception, unpack_exception
 from ._worker import WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
@@ -340,6 +340,7 @@ class Engine:
                 self.backend.interrupt(slot.key)
                 running = clock[_clock.TAG]
                 if (self.backend.supports_interrupt and slot.interrupted is None
+                        and clock[_clock.INDEX] != _clock.SENDING
                         and any(j is job and c.tag == running for j, c in slot.inflight)):
                     slot.interrupted = _Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE,
                                                     None)
@@ -454,7 +455,9 @@ class Engine:
         if slot is None:
             return  # from a worker already given up on (a disowned thread)
         kind = type(message)
-        if kind is ChunkDone:
+        if kind is Undecodable:
+            self._on_undecodable(slot, message.error)
+        elif kind is ChunkDone:
             if slot.killed:
                 # From a worker being stopped (a timeout): what it still had is sent again when it has exited.
                 return
@@ -467,6 +470,8 @@ class Engine:
                                    f"{message.tag}, expected {chunk.tag}")
             if message.cancelled and not job.finished:
                 job.requeue(chunk)  # interrupted by a cancellation meant for another job
+            elif chunk.separate_results:
+                job.complete(chunk, *_unpickle_each(chunk, message.values, message.failures), message.duration)
             else:
                 job.complete(chunk, message.values, message.failures, message.duration)
             if self.insights is not None and message.stats is not None:
@@ -505,6 +510,26 @@ class Engine:
                 self.exit_errors.append(error)
                 self._fail_all(error)
 
+    def _on_undecodable(self, slot: _Slot, error: BaseException) -> None:
+        """A message from *slot*'s worker failed to unpickle here. Workers answer in order: before WorkerReady
+        nothing else comes, then one ChunkDone per chunk in flight, then WorkerExited."""
+        if not slot.ready:  # our own record, with failures pickled inside it: a bug, not the user's data
+            raise RuntimeError("parallelize internal error: a worker's ready message could not be read") from error
+        if slot.inflight:
+            job, chunk = slot.inflight.popleft()
+            slot.answered = True
+            if not chunk.separate_results:
+                job.resend(chunk)  # again, each result pickled on its own: only the bad one fails then
+            else:
+                job.fail(_unreadable_results_error(chunk, error))
+            return
+        slot.exited_cleanly = True  # what worker_exit returned cannot be read here
+        exit_error = ResultPicklingError(f"the value worker_exit returned in worker {slot.worker_id} cannot be "
+                                         f"unpickled here: {type(error).__name__}: {error}")
+        exit_error.__cause__ = error
+        self.exit_errors.append(exit_error)
+        self._fail_all(exit_error)
+
     def _on_exit(self, key: int, exitcode: int | None, clock: tuple[int, ...]) -> None:
         slot = self._by_key.pop(key, None)
         if slot is None:
@@ -514,7 +539,14 @@ class Engine:
         if orphans and not slot.killed and not slot.exited_cleanly:
             job, chunk = orphans.pop(0)
             position = clock[_clock.INDEX] if clock[_clock.TAG] == chunk.tag else None
-            job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
+            if position == _clock.SENDING and not chunk.separate_results:
+                # Every task ran; the worker died sending the results (out of memory pickling a large one,
+                # say). Run it once more with each result sent on its own, so a second death names the task.
+                job.resend(chunk)
+            else:
+                if position == _clock.SENDING:  # died again sending results that each pickled fine
+                    position = 0
+                job.lost(chunk, position, self._death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:
             job.requeue(chunk)
         if slot.ready and not (slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping):
@@ -677,7 +709,7 @@ class Engine:
         interrupted, slot.interrupted = slot.interrupted, None
         clock = self.backend.clock(slot.key)
         if interrupted.due is Due.UNWIND:
-            if clock[_clock.TAG] == interrupted.tag:
+            if clock[_clock.TAG] == interrupted.tag and clock[_clock.INDEX] != _clock.SENDING:
                 self._kill(slot)  # a cancelled job's chunk; the live jobs' chunks it held are sent again
             return
         if clock[_clock.START_NS] != interrupted.start_ns:
@@ -775,3 +807,36 @@ def _unpicklable_arguments(chunk: RunChunk, exc: BaseException) -> BaseException
             error.__cause__ = item_exc
             return error
     return exc
+
+
+def _unpickle_each(chunk: RunChunk, blobs: list[Any],
+                   failures: list[TaskFailure] | None) -> tuple[list[Any], list[TaskFailure] | None]:
+    """The values of a chunk sent with separate_results, each unpickled on its own: one that cannot be read here
+    fails its own task (a ResultPicklingError naming it) instead of the whole chunk."""
+    values: list[Any] = []
+    failed = list(failures or ())
+    failed_positions = {f.position for f in failed}
+    for position, blob in enumerate(blobs):
+        if position in failed_positions:
+            values.append(None)
+            continue
+        try:
+            values.append(loads(blob))
+        except Exception as exc:
+            error = ResultPicklingError(
+                f"the result of task {chunk.start + position} was pickled in the worker but cannot be unpickled "
+                f"here: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            failed.append(pack_exception(error, position))
+            values.append(None)
+            if not chunk.keep_going:
+                break
+    failed.sort(key=lambda f: f.position)
+    return values, failed or None
+
+
+def _unreadable_results_error(chunk: RunChunk, error: BaseException) -> BaseException:
+    wrapped = ResultPicklingError(f"the results of tasks {chunk.start} to {chunk.start + len(chunk.items) - 1} "
+                                  f"cannot be unpickled here: {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped

@@ -132,7 +132,7 @@ class Job:
                 self.fail(exc)
                 return None
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout, self.keep_going, 0)
+                             self.task_timeout, self.keep_going, False, 0)
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
@@ -145,6 +145,14 @@ class Job:
         self._release(chunk)
         if not self.finished:
             self._requeued.append(chunk)
+
+    def resend(self, chunk: RunChunk) -> None:
+        """*chunk*'s results were lost on their way back (a worker that died sending them, a message the parent
+        could not unpickle): run it again, once, with each result pickled on its own, so that what goes wrong
+        then belongs to one task."""
+        self._release(chunk)
+        if not self.finished:
+            self._requeued.append(chunk._replace(separate_results=True))
 
     def complete(self, chunk: RunChunk, values: list[Any], failures: list[TaskFailure] | None,
                  duration: float) -> None:

@@ -33,7 +33,16 @@ class RunChunk(NamedTuple):
     start: int  # input index of items[0]
     task_timeout: float | None  # seconds; each task's start time is then published on the worker's clock
     keep_going: bool  # after a failing item, go on with the rest of the chunk (on_error return/skip, retries)
+    separate_results: bool  # pickle each result on its own (ChunkDone.values are then bytes): see Job.resend
     tag: int  # unique per dispatch: tells the parent which chunk the worker's clock is about
+
+
+class Undecodable(NamedTuple):
+    """Parent side only: a worker's message that could not be unpickled here (a result whose class is missing in
+    the parent, a __reduce__ that fails outside the worker). Workers answer in order, so the engine knows what
+    it was."""
+
+    error: BaseException
 
 
 class Stop(NamedTuple):

@@ -243,7 +243,9 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
             t_chunk = time.perf_counter()
             values, failures, cancelled = _run_chunk(lookup(message.func_id), message, clock, insights)
             n_done += len(message.items)
-            _send_result(channel, message, values, failures, cancelled, time.perf_counter() - t_chunk, insights)
+            _send_result(channel, message, values, failures, cancelled, time.perf_counter() - t_chunk, insights,
+                         clock)
+            clock[_clock.TAG] = 0  # only now: a death while sending names this chunk (see Engine._on_exit)
         elif type(message) is RegisterFunc:
             functions[message.func_id] = loads(message.payload)
             bound.pop(message.func_id, None)
@@ -319,7 +321,7 @@ def _run_chunk(
     finally:
         _Running.in_tasks = False  # first: the interrupt signal must not fire in the bookkeeping below
         _Running.chunk = None
-        clock[_clock.TAG] = 0
+        clock[_clock.INDEX] = _clock.SENDING  # TAG stays until the results are sent: see run_worker
 
 
 def _run_chunk_careful(
@@ -373,14 +375,18 @@ def _send_result(
     cancelled: bool,
     duration: float,
     insights: _Insights | None,
+    clock: Clock,
 ) -> None:
     stats = insights.snapshot() if insights is not None else None
-    try:
-        channel.send(ChunkDone(chunk.tag, values, failures, cancelled, duration, stats))
-        return
-    except ResultUnpicklable:
-        pass
-    # Slow path, only after a failure: every value that cannot travel fails its own task.
+    if not chunk.separate_results:
+        try:
+            channel.send(ChunkDone(chunk.tag, values, failures, cancelled, duration, stats))
+            return
+        except ResultUnpicklable:
+            pass
+    # Slow path, after a failure to pickle or when the parent asks for results one by one: each value is pickled
+    # on its own, so a value that cannot travel fails only its own task, and a worker that dies pickling one
+    # (out of memory) names it on the clock.
     from ._errors import ResultPicklingError
     from ._serialize import dumps
 
@@ -391,8 +397,9 @@ def _send_result(
         if position in failed_positions:
             cleaned.append(None)
             continue
+        clock[_clock.INDEX] = position
         try:
-            dumps(value)
+            blob = dumps(value)
         except Exception as exc:
             error = ResultPicklingError(
                 f"the result of task {chunk.start + position} cannot be pickled, so it cannot be sent back: "
@@ -403,7 +410,8 @@ def _send_result(
                 break
             cleaned.append(None)
             continue
-        cleaned.append(value)
+        cleaned.append(blob if chunk.separate_results else value)
+    clock[_clock.INDEX] = _clock.SENDING
     failures.sort(key=lambda f: f.position)
     channel.send(ChunkDone(chunk.tag, cleaned, failures, cancelled, duration, stats))
 

@@ -43,6 +43,25 @@ class UnpicklableError(Exception):
         self.lock = threading.Lock()
 
 
+class UnreadableHere:
+    """Pickles fine; unpickling it fails."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_unpickle, ())
+
+
+def _refuse_to_unpickle() -> None:
+    raise ValueError("this object cannot be unpickled in the parent")
+
+
+class DiesWhenPickled:
+    """Pickling it ends the process at once, as the out-of-memory killer would."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
 class InputBrokeError(Exception):
     """Raised by an input generator midway."""
 
@@ -128,6 +147,12 @@ def behave(i: int, action: str = "ok", arg: Any = None, payload: Any = None) -> 
         return i * i
     if action == "unpicklable_result":
         return threading.Lock()
+    if action == "unreadable_result":  # pickles in the worker, cannot be unpickled in the parent
+        _attempt(arg, i)
+        return UnreadableHere()
+    if action == "dies_pickling_result":  # the worker dies while its result is being pickled (like an OOM kill)
+        _attempt(arg, i)
+        return DiesWhenPickled()
     if action == "alloc":  # grow this worker's RSS by *arg* bytes and keep it
         _hog.append(b"\x01" * arg)
         time.sleep(0.3)  # let the worker's between-chunks memory check (every 0.25 s) come round

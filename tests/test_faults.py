@@ -638,6 +638,50 @@ def test_unpicklable_result_with_on_error_return(start_method: str) -> None:
     assert_usable(start_method)
 
 
+def _attempts(directory: Path, i: int) -> int:
+    counter = directory / f"{i}.attempts"
+    return int(counter.read_text()) if counter.exists() else 0
+
+
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_a_result_that_cannot_be_unpickled_here_fails_only_its_task(start_method: str, tmp_path: Path) -> None:
+    chaos(range(2), start_method=start_method)
+    pids = chaos.worker_pids()
+    items: list[Any] = [(i,) for i in range(6)]
+    items[3] = (3, "unreadable_result", str(tmp_path))
+    with parallelize.config(start_method=start_method):
+        neighbour = chaos.submit(5)  # a concurrent call on the same pool is not touched
+    results = chaos(items, start_method=start_method, on_error="return", chunk_size=3)
+    assert isinstance(results[3], ResultPicklingError)
+    assert "the result of task 3 was pickled in the worker but cannot be unpickled here" in str(results[3])
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 4, 16, 25]
+    assert neighbour.result(timeout=20) == 25
+    assert _attempts(tmp_path, 3) == 2  # its chunk ran once more, with each result sent on its own
+    assert chaos.worker_pids() == pids  # no worker was harmed
+    assert_usable(start_method)
+
+
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_a_result_that_cannot_be_unpickled_here_raises_naming_the_task(start_method: str, tmp_path: Path) -> None:
+    with pytest.raises(ResultPicklingError, match=r"the result of task 1 was pickled in the worker"):
+        chaos([(0,), (1, "unreadable_result", str(tmp_path)), (2,)], start_method=start_method)
+    assert_usable(start_method)
+
+
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_a_worker_dying_while_sending_results_fails_that_task_without_endless_reruns(start_method: str,
+                                                                                       tmp_path: Path) -> None:
+    items: list[Any] = [(i,) for i in range(6)]
+    items[4] = (4, "dies_pickling_result", str(tmp_path))
+    t0 = time.monotonic()
+    results = chaos(items, start_method=start_method, on_error="return", chunk_size=3)
+    assert time.monotonic() - t0 < 20
+    assert is_died(results[4]) and "task 4" in str(results[4])
+    assert [r for i, r in enumerate(results) if i != 4] == [0, 1, 4, 9, 25]
+    assert _attempts(tmp_path, 4) == 2  # once in its chunk, once more with its result sent on its own
+    assert_usable(start_method)
+
+
 # --- the input fails -------------------------------------------------------------------------------------------------
 
 

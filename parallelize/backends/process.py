@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import _clock, _worker
 from .._errors import ForkAfterThreadsWarning
+from .._messages import Undecodable
 from .._serialize import dumps_by_value, loads
 from .._worker import WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
@@ -159,10 +160,15 @@ class _ProcWorker:
         self.shared = shared
 
     def decode(self, frame: Any) -> Any:
-        if self.shared is None:
-            return decode(frame)
-        arena, ring = self.shared
-        return decode(frame, ring.take, arena.release)
+        """The message in *frame*, or Undecodable: a result that cannot be unpickled here is the engine's to
+        report as that task's failure, not an error that stops the loop serving every call."""
+        try:
+            if self.shared is None:
+                return decode(frame)
+            arena, ring = self.shared
+            return decode(frame, ring.take, arena.release)
+        except Exception as exc:
+            return Undecodable(exc)
 
     def close_shared(self) -> None:
         if self.shared is not None:
