@@ -62,6 +62,7 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     if progress is not None:
         job.progress_listeners.append(progress.update)
     failed = True
+    interrupted = False
     engine.call_started()
     try:
         engine.submit(job)
@@ -79,9 +80,13 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
         if job.error is not None:
             raise job.error
         failed = False
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         if not job.finished:
-            engine.cancel(job)  # left early (break, close(), error in the consumer): stop its chunks now
+            # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
+            engine.cancel(job, settle=interrupted)
         if progress is not None:
             progress.close(failed=failed)
         engine.call_ended()

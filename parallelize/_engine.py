@@ -29,6 +29,7 @@ from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, Undecodable, WorkerExited, WorkerReady
 from ._serialize import TaskFailure, describe_unpicklable, dumps_by_value, loads, pack_exception, unpack_exception
+from ._sigint import SigintHold
 from ._worker import WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
@@ -178,11 +179,28 @@ class Engine:
         self.backend.wakeup()
 
     def drive(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Run the loop in this thread (or let the current driver do it) until done(); False on timeout."""
+        """Run the loop in this thread (or let the current driver do it) until done(); False on timeout.
+
+        In the main thread, a Ctrl-C is held until the step under way ends (see _sigint), so it interrupts this
+        caller only: the bookkeeping is whole and other threads' calls go on.
+        """
+        hold = SigintHold.install(self.backend.wakeup)
+        if hold is None:
+            return self._drive(done, timeout, None)
+        try:
+            finished = self._drive(done, timeout, hold)
+        finally:
+            hold.remove()
+        hold.raise_pending()  # arrived during the last step
+        return finished
+
+    def _drive(self, done: Callable[[], bool], timeout: float | None, hold: SigintHold | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cv:
                 while True:
+                    if hold is not None:
+                        hold.raise_pending()
                     if done():
                         return True
                     if self.closed:
@@ -197,9 +215,10 @@ class Engine:
             try:
                 self._step(remaining)
             except BaseException as exc:
-                # Interrupted mid-step (Ctrl-C, an exception raised by a signal handler, an internal error): the
-                # bookkeeping may be half-updated, with a chunk sent but not recorded, say. The workers go now;
-                # the next call starts fresh ones instead of trusting this state.
+                # Interrupted mid-step (an exception raised by a program's own signal handler, such as a test
+                # runner's timeout, a Ctrl-C in a thread that cannot hold it, an internal error): the bookkeeping
+                # may be half-updated, with a chunk sent but not recorded, say. The workers go now; the next call
+                # starts fresh ones instead of trusting this state.
                 self._release_driver()
                 self.abort(exc)
                 raise
@@ -258,13 +277,32 @@ class Engine:
                 self._driving = False
                 self._cv.notify_all()
 
-    def cancel(self, job: Job) -> None:
-        """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted."""
+    def cancel(self, job: Job, *, settle: bool = False) -> None:
+        """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted.
+
+        With *settle* (the caller was interrupted, by Ctrl-C, say, and may be about to exit), also wait until no
+        worker runs a chunk of it any more: answered, or its worker killed after INTERRUPT_GRACE, so nothing of
+        this call is left running and no kill is left for interpreter exit.
+        """
         job.cancel()
         self.backend.wakeup()
-        if not self.closed:
-            # Become the driver for a moment if nobody is, so the interruption reaches the workers now.
-            self.drive(lambda: job not in self._to_cancel, timeout=1.0)
+        if self.closed:
+            return
+
+        def settled() -> bool:
+            if job in self._to_cancel:
+                return False  # the interruption has not reached the workers yet
+            return not settle or not any(j is job for slot in self._slots for j, _ in slot.inflight)
+
+        # Become the driver for a moment if nobody is. A second Ctrl-C meanwhile does not stop this short cleanup
+        # (the caller is ending with the first one already).
+        deadline = time.monotonic() + (INTERRUPT_GRACE + 2 * KILL_GRACE if settle else 1.0)
+        while True:
+            try:
+                self.drive(settled, timeout=max(0.0, deadline - time.monotonic()))
+                return  # settled, out of time, or the engine closed
+            except KeyboardInterrupt:
+                continue
 
     def abort(self, cause: BaseException) -> None:
         """After an interruption: end every worker at once. A second Ctrl-C does not stop the cleanup."""

@@ -6,7 +6,6 @@ Pools are forgotten (not closed: they belong to the parent) in forked children, 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import threading
@@ -76,6 +75,13 @@ class PoolHolder:
                 self._stop(engine, timeout)
             return list(self.exit_results)
 
+    def terminate(self) -> None:
+        """End the workers now, without exit hooks (a Ctrl-C while closing at exit)."""
+        engines = [e for e in (self.engine, *self.retiring) if e is not None]
+        self.engine, self.retiring = None, []
+        for engine in engines:
+            engine.abort(KeyboardInterrupt())
+
     def forget(self) -> None:
         """In a forked child: the parent's workers are not ours to stop."""
         self.engine = None
@@ -97,9 +103,17 @@ def _forget_all() -> None:
 
 
 def _close_all() -> None:
-    for holder in list(_holders):
-        with contextlib.suppress(Exception):  # at exit, one failing pool must not keep the others alive
+    holders = list(_holders)
+    for holder in holders:
+        try:
             holder.close(EXIT_STOP_TIMEOUT)
+        except KeyboardInterrupt:
+            # Ctrl-C while exit hooks run: the user wants out. End every pool now, without a second traceback.
+            for rest in holders:
+                rest.terminate()
+            return
+        except Exception:  # at exit, one failing pool must not keep the others alive
+            continue
 
 
 os.register_at_fork(after_in_child=_forget_all)
