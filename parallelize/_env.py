@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import ConfigError
+from ._frames import user_stacklevel
 
 PREFIX = "PARALLELIZE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -69,4 +70,5 @@ def warn_unknown(known: Iterable[str]) -> None:
         _warned.add(name)
         close = difflib.get_close_matches(name, sorted(known_names), n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(sorted(known_names))}"
-        warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning, stacklevel=4)
+        warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning,
+                      stacklevel=user_stacklevel())

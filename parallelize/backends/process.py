@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import _worker
 from .._errors import ForkAfterThreadsWarning
+from .._frames import UserSite, user_stacklevel
 from .._serialize import dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
@@ -191,6 +192,9 @@ class ProcessBackend(Backend):
         _PARENT_ONLY_FDS.update(self._own_fds)
         self._closed = False
         self._fork_warned = False  # ForkAfterThreadsWarning: once per pool
+        # The user's call that made this pool, for that warning when the driver thread forks (its stack has no
+        # user frame to point at).
+        self._site = UserSite() if start_method == "fork" else None
         if start_method != "fork":
             # Spawned workers import the main script as __mp_main__; exceptions and results whose classes are
             # defined there must unpickle here too.
@@ -205,7 +209,7 @@ class ProcessBackend(Backend):
             enlarge_pipe(conn.fileno())
         clock = self._ctx.RawArray("q", CLOCK_SIZE)
         if self.name == "fork" and not self._fork_warned:
-            self._fork_warned = _warn_if_threads()
+            self._fork_warned = _warn_if_threads(self._site)
         if self.name == "forkserver":
             # Start the server before blocking signals below, or it would keep them blocked for every process
             # it ever forks, the program's own included.
@@ -458,10 +462,11 @@ def _harmless(thread: threading.Thread) -> bool:
     return type(thread).__module__.startswith("tqdm.")
 
 
-def _warn_if_threads() -> bool:
+def _warn_if_threads(site: UserSite | None) -> bool:
     """Forking while another thread holds a lock (logging, I/O, allocator) can leave a worker deadlocked.
 
-    True if it warned.
+    True if it warned. The warning points at the user's line: the call on this thread's stack, or *site* (where
+    the pool was made) when the driver thread forks.
     """
     current = threading.current_thread()
     ours = current.name.startswith("parallelize-")
@@ -472,9 +477,11 @@ def _warn_if_threads() -> bool:
               and not (ours and t is threading.main_thread()) and not _harmless(t)]
     if not others:
         return False
-    warnings.warn(
-        f"starting fork workers while {len(others)} other thread(s) run in this process "
-        f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
-        "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.",
-        ForkAfterThreadsWarning, stacklevel=6)
+    message = (f"starting fork workers while {len(others)} other thread(s) run in this process "
+               f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
+               "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.")
+    if ours and site is not None:
+        site.warn(message, ForkAfterThreadsWarning)
+    else:
+        warnings.warn(message, ForkAfterThreadsWarning, stacklevel=user_stacklevel())
     return True
