@@ -27,13 +27,21 @@ def parse_int(variable: str, text: str) -> int | None:
         raise ConfigError(f"{variable}={text!r} is not an integer") from None
 
 
-def parse_float(variable: str, text: str) -> float | None:
+def _number(variable: str, text: str, what: str) -> float | None:
     if text.strip().lower() in _NONE:
         return None
     try:
         return float(text.strip())
     except ValueError:
-        raise ConfigError(f"{variable}={text!r} is not a number of seconds") from None
+        raise ConfigError(f"{variable}={text!r} is not {what}") from None
+
+
+def parse_float(variable: str, text: str) -> float | None:
+    return _number(variable, text, "a number of seconds")
+
+
+def parse_chunk_size(variable: str, text: str) -> float | None:
+    return _number(variable, text, "a chunk size: a positive number of tasks per chunk, or none")
 
 
 def parse_bool(variable: str, text: str) -> bool:

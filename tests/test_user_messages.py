@@ -3,10 +3,12 @@ failed, tracebacks end with the user's call, a missing ``__main__`` guard gives 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,8 @@ import parallelize
 from parallelize import WorkerPool, _env
 
 pytestmark = pytest.mark.usefixtures("no_parallelize_env")
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -108,3 +112,14 @@ def test_fork_after_threads_warning_from_the_driver_thread_points_at_the_users_s
         future.result(timeout=60)
     found = [(w.filename, w.lineno) for w in caught if issubclass(w.category, parallelize.ForkAfterThreadsWarning)]
     assert found == [(__file__, line)]
+
+
+# --- command lines ---------------------------------------------------------------------------------------------------
+
+
+def test_demo_help_prints_usage_and_exits_without_running_the_demo() -> None:
+    done = subprocess.run([sys.executable, "-m", "parallelize.demo", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m parallelize.demo")
+    assert "serial loop" not in done.stdout
