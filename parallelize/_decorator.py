@@ -24,9 +24,11 @@ from ._chunking import is_numpy_array, known_length
 from ._config import Options
 from ._engine import Engine, WorkerSettings
 from ._errors import ConfigError
+from ._frames import drop_library_frames, hide_library_frames, hides_library_frames, raises_job_errors
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
+from ._serialize import note_task
 from ._worker import call_item, in_worker
 
 P = ParamSpec("P")
@@ -253,7 +255,7 @@ class _Core:
             options.worker_init(*prefix)
         func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
         results: list[Any] = []
-        for item in iterable:
+        for index, item in enumerate(iterable):
             for attempt in itertools.count():
                 try:
                     results.append(call_item(func, item, 0))
@@ -262,6 +264,7 @@ class _Core:
                     if attempt < options.retries:
                         time.sleep(options.retry_backoff * 2**attempt)  # the backoff the user asked for
                         continue
+                    note_task(exc, index, item)  # as a pool does
                     if options.on_error == "return":
                         results.append(exc)
                     elif options.on_error == "raise":
@@ -297,6 +300,7 @@ class _Core:
         engine.submit(job, background=True)
         return future
 
+    @raises_job_errors
     async def aimap(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
                     ordered: bool) -> AsyncIterator[Any]:
         """Results as they come, without blocking the event loop: a background driver runs the pool."""
@@ -333,7 +337,7 @@ class _Core:
                 await wake.wait()
                 wake.clear()
             if job.error is not None:
-                raise job.error
+                raise job.error.with_traceback(drop_library_frames(job.error.__traceback__))  # as _calls.run
         finally:
             if not job.finished:
                 job.cancel()
@@ -365,6 +369,7 @@ class _Methods(Generic[P, R]):
         """Results one by one, in completion order."""
         return self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False)
 
+    @hides_library_frames
     def map_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """All results, in completion order."""
         return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False))
@@ -375,8 +380,12 @@ class _Methods(Generic[P, R]):
 
     async def amap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """``await f.amap(items)``: all results in input order, without blocking the event loop."""
-        return [value async for value in
-                self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)]
+        try:
+            return [value async for value in
+                    self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)]
+        except Exception as exc:
+            hide_library_frames(exc)
+            raise
 
     def aimap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> AsyncIterator[R]:
         """``async for r in f.aimap(items)``: results in input order, without blocking the event loop."""
@@ -456,6 +465,7 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
     __dir__ = _Methods._parallel_dir
     __repr__ = __str__ = _Methods._parallel_repr
 
+    @hides_library_frames
     def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=True))
 
@@ -483,6 +493,7 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
     def _instance(self) -> Any:
         return None
 
+    @hides_library_frames
     def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """Run the function over *iterable* (or over several, zipped as ``map(f, xs, ys)`` does): the results,
         in input order."""

@@ -3,9 +3,11 @@ failed, tracebacks end with the user's call, a missing ``__main__`` guard gives 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,13 @@ from parallelize import WorkerPool, _env
 pytestmark = pytest.mark.usefixtures("no_parallelize_env")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _close_decorated_helpers() -> Iterator[None]:
+    yield
+    for func in (dh.add, dh.cube, dh.pid_of):
+        func.close()
 
 
 @pytest.fixture
@@ -123,3 +132,108 @@ def test_demo_help_prints_usage_and_exits_without_running_the_demo() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m parallelize.demo")
     assert "serial loop" not in done.stdout
+
+
+# --- task errors: which item, and a readable traceback -------------------------------------------------------------
+
+needs_notes = pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are new in Python 3.11")
+
+
+def library_frames(exc: BaseException) -> list[str]:
+    """The package's frames in *exc*'s traceback, as 'file:function'."""
+    return [f"{Path(f.filename).name}:{f.name}" for f in traceback.extract_tb(exc.__traceback__)
+            if f.filename.startswith(str(Path(parallelize.__file__).parent))]
+
+
+def test_task_error_of_a_decorated_function_says_which_item_failed() -> None:
+    with pytest.raises(TypeError) as raised:
+        dh.add([(1, 2), (3, 4), ("a", 5)], chunk_size=2)
+    if sys.version_info >= (3, 11):
+        assert raised.value.__notes__ == ["(raised by the task at input index 2, called with ('a', 5))"]
+    assert str(raised.value) == 'can only concatenate str (not "int") to str'  # the task's own message
+
+
+@needs_notes
+def test_task_error_of_a_workerpool_says_which_item_failed() -> None:
+    with WorkerPool(n_jobs=2, start_method="fork") as pool, pytest.raises(ValueError, match="bad item 3") as raised:
+        pool.map(helpers.fail_on, range(6))
+    assert raised.value.__notes__ == ["(raised by the task at input index 3, called with 3)"]
+
+
+@needs_notes
+def test_task_error_note_caps_the_arguments() -> None:
+    with pytest.raises(TypeError) as raised:
+        dh.add([(1, 2), ("x" * 10_000, 1)])
+    (note,) = raised.value.__notes__
+    assert note.startswith("(raised by the task at input index 1, called with ('xxx")
+    assert len(note) < 300
+
+
+@needs_notes
+def test_task_error_in_serial_mode_says_which_item_failed() -> None:
+    with pytest.raises(TypeError) as raised:
+        dh.add([(1, 2), ("a", 5)], backend="serial")
+    assert raised.value.__notes__ == ["(raised by the task at input index 1, called with ('a', 5))"]
+
+
+@needs_notes
+def test_returned_task_error_says_which_item_failed() -> None:
+    results = dh.add([(1, 2), ("a", 5)], on_error="return")
+    assert results[1].__notes__ == ["(raised by the task at input index 1, called with ('a', 5))"]
+
+
+def test_submit_error_has_no_note() -> None:
+    with pytest.raises(TypeError) as raised:
+        dh.add.submit("a", 5).result(timeout=60)
+    assert not getattr(raised.value, "__notes__", None)
+
+
+def _decorated_imap() -> None:
+    list(dh.add.imap([(1, 2), ("a", 5)]))
+
+
+def _workerpool_map() -> None:
+    with WorkerPool(n_jobs=2, start_method="fork") as pool:
+        pool.map(helpers.add, [(1, 2), ("a", 5)])
+
+
+def _workerpool_imap() -> None:
+    with WorkerPool(n_jobs=2, start_method="fork") as pool:
+        list(pool.imap(helpers.add, [(1, 2), ("a", 5)]))
+
+
+@pytest.mark.parametrize("call", [lambda: dh.add([(1, 2), ("a", 5)]), lambda: dh.add.map_unordered([("a", 5)]),
+                                  lambda: asyncio.run(dh.add.amap([("a", 5)])), _decorated_imap, _workerpool_map,
+                                  _workerpool_imap],
+                         ids=["call", "map_unordered", "amap", "imap", "WorkerPool.map", "WorkerPool.imap"])
+def test_task_error_traceback_ends_with_the_users_call_and_the_worker_traceback(call: Callable[[], Any]) -> None:
+    with pytest.raises(TypeError) as raised:
+        call()
+    assert len(library_frames(raised.value)) == 1, library_frames(raised.value)  # the line that re-raises it
+    worker_traceback = str(raised.value.__cause__)
+    assert "helpers.py" in worker_traceback
+    assert "_worker.py" not in worker_traceback
+
+
+def test_task_error_in_serial_mode_has_no_library_frames() -> None:
+    with pytest.raises(TypeError) as raised:
+        dh.add([(1, 2), ("a", 5)], backend="serial")
+    assert library_frames(raised.value) == []
+    assert traceback.extract_tb(raised.value.__traceback__)[-1].name == "add"
+
+
+def test_error_of_the_input_iterable_keeps_its_own_frames_only() -> None:
+    def inputs() -> Iterator[int]:
+        yield 1
+        raise KeyError("from the input")
+
+    with pytest.raises(KeyError, match="from the input") as raised:
+        dh.cube(inputs())
+    assert traceback.extract_tb(raised.value.__traceback__)[-1].name == "inputs"
+    assert len(library_frames(raised.value)) == 1
+
+
+def test_an_error_of_the_library_itself_keeps_every_frame() -> None:
+    with pytest.raises(parallelize.ConfigError) as raised:
+        dh.cube([1], chunk_size=0)
+    assert "_config.py:_chunk_size" in library_frames(raised.value)
