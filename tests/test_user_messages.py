@@ -4,8 +4,10 @@ failed, tracebacks end with the user's call, a missing ``__main__`` guard gives 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import textwrap
 import threading
 import traceback
 import warnings
@@ -237,3 +239,40 @@ def test_an_error_of_the_library_itself_keeps_every_frame() -> None:
     with pytest.raises(parallelize.ConfigError) as raised:
         dh.cube([1], chunk_size=0)
     assert "_config.py:_chunk_size" in library_frames(raised.value)
+
+
+# --- a script without `if __name__ == "__main__":` under spawn / forkserver ------------------------------------------
+
+UNGUARDED = {
+    "decorator": """
+        from parallelize import parallel
+
+        @parallel(n_jobs=2, start_method={start_method!r})
+        def square(x):
+            return x * x
+
+        print(square(range(4)))
+    """,
+    "WorkerPool": """
+        from parallelize import WorkerPool
+
+        def square(x):
+            return x * x
+
+        with WorkerPool(n_jobs=2, start_method={start_method!r}) as pool:
+            print(pool.map(square, range(4)))
+    """,
+}
+
+
+@pytest.mark.parametrize(("api", "start_method"), [("decorator", "spawn"), ("WorkerPool", "spawn"),
+                                                   ("decorator", "forkserver")])
+def test_script_without_main_guard_fails_with_one_short_message(tmp_path: Path, api: str, start_method: str) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(UNGUARDED[api].format(start_method=start_method)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0
+    assert "WorkerDiedError" in done.stderr and "under `if __name__ == '__main__':`" in done.stderr
+    assert "bootstrapping phase" not in done.stderr  # no worker printed multiprocessing's traceback
+    assert len(done.stderr.splitlines()) < 20, done.stderr

@@ -28,7 +28,7 @@ from .._errors import ForkAfterThreadsWarning
 from .._frames import UserSite, user_stacklevel
 from .._serialize import dumps_by_value, loads
 from .._worker import CLOCK_SIZE, WorkerSpec, run_worker
-from ._base import Backend, Event, Exited, Received
+from ._base import EXIT_MAIN_REIMPORTED, Backend, Event, Exited, Received
 from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
 from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
 
@@ -88,6 +88,14 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     # Pools started inside this worker must not leak this worker's own pipes into their workers.
     _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno(), *channel.fds()))
     run_worker(spec, channel, slots)
+
+
+def _worker_importing_main() -> bool:
+    """True in one of our spawn/forkserver workers while it imports the main script, before it runs any task:
+    the script is starting a pool at import time, which multiprocessing forbids in a process still starting."""
+    process = multiprocessing.current_process()
+    # _inheriting is multiprocessing's own flag for that phase (its "bootstrapping phase" error checks it).
+    return bool(getattr(process, "_inheriting", False)) and process.name.startswith("parallelize-worker-")
 
 
 def _map_segments(fds: tuple[int, int] | None) -> tuple[TaskArena, ResultRing] | None:
@@ -178,6 +186,10 @@ class ProcessBackend(Backend):
     supports_kill = True
 
     def __init__(self, start_method: str, *, daemon: bool) -> None:
+        if start_method != "fork" and _worker_importing_main():
+            # multiprocessing would raise here, and every worker would print the same long traceback; the
+            # parent explains it once instead (see Engine._on_exit).
+            os._exit(EXIT_MAIN_REIMPORTED)
         self.name = start_method
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._daemon = daemon
