@@ -52,20 +52,6 @@ def _clean_environment_and_pools(no_parallelize_env: None) -> Iterator[None]:
         func.close()
 
 
-@pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    """Register decorated functions made inside a test; they are closed when it ends."""
-    made: list[Any] = []
-
-    def register(func: Any) -> Any:
-        made.append(func)
-        return func
-
-    yield register
-    for func in made:
-        func.close()
-
-
 def is_running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

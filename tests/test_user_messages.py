@@ -34,19 +34,6 @@ def _close_decorated_helpers() -> Iterator[None]:
         func.close()
 
 
-@pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    made: list[Any] = []
-
-    def register(func: Any) -> Any:
-        made.append(func)
-        return func
-
-    yield register
-    for func in made:
-        func.close()
-
-
 # --- warnings point at the user's line -------------------------------------------------------------------------------
 
 
