@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"full": workloads.FULL, "quick": workloads.QUICK, "smoke": workloads.SMOKE}[args.sizes]
     chosen = workloads.select(args.only)
     everyone = peers.all_peers(args.n_jobs)
-    wanted = args.peers.split(",") if args.peers else peers.SMOKE_PEERS if args.sizes == "smoke" else None
+    wanted = [name.strip() for name in args.peers.split(",")] if args.peers \
+        else peers.SMOKE_PEERS if args.sizes == "smoke" else None
+    unknown = [name for name in wanted or () if name not in {peer.name for peer in everyone}]
+    if unknown:  # a typo would otherwise run nothing and print an empty table
+        raise SystemExit(f"--peers: unknown peer(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(peer.name for peer in everyone)}")
     notes: list[str] = []
     active: list[peers.Peer] = []
     for peer in everyone:

@@ -11,6 +11,7 @@ from typing import Any
 from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
 from ._engine import Engine
 from ._errors import PoolClosedError
+from ._frames import drop_library_frames, raises_job_errors
 from ._job import Job
 from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar
@@ -53,6 +54,7 @@ def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], k
                worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
 
 
+@raises_job_errors
 def run(engine: Engine, job: Job, progress: ProgressBar | None,
         on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
     """Submit *job* and yield its results as they become available, driving the engine from this thread.
@@ -67,8 +69,8 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     try:
         engine.submit(job)
         while True:
-            # On Ctrl-C drive() ends the workers, then raises. It returns False only once the engine is closed,
-            # and closing fails every unfinished job, so this call cannot wait for ever.
+            # drive() returns False only once the engine is closed, and closing fails every unfinished job, so
+            # this call cannot wait for ever.
             if not engine.drive(lambda: job.has_ready() or job.finished) and not job.finished:
                 job.fail(PoolClosedError("the pool was closed before this call finished"))
             if isinstance(job.error, PoolClosedError):
@@ -78,7 +80,10 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
             elif job.finished:
                 break
         if job.error is not None:
-            raise job.error
+            # Fresh from a worker or the engine, it has no traceback; an exception of the input iterable keeps
+            # the iterable's own frames, not those of the library that was reading it.
+            error = job.error.with_traceback(drop_library_frames(job.error.__traceback__))
+            raise error
         failed = False
     except KeyboardInterrupt:
         interrupted = True

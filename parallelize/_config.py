@@ -124,7 +124,7 @@ OPTIONS: dict[str, _Option] = {
     "n_jobs": _Option(None, check.n_jobs_value, _env.parse_int),
     "backend": _Option("process", _choice(BACKENDS), _env.parse_str),
     "start_method": _Option(None, _start_method, _env.parse_str),
-    "chunk_size": _Option(None, _chunk_size, _env.parse_float),
+    "chunk_size": _Option(None, _chunk_size, _env.parse_chunk_size),
     "n_splits": _Option(None, _positive_int, _env.parse_int),
     "max_tasks_active": _Option(None, _positive_int, _env.parse_int),
     "worker_lifespan": _Option(None, _positive_int, _env.parse_int),

@@ -13,20 +13,22 @@ import importlib
 import itertools
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
 
 from . import _config
 from ._calls import apply_job, map_job, run
-from ._chunking import is_numpy_array
+from ._chunking import is_numpy_array, known_length
 from ._config import Options
 from ._engine import Engine, WorkerSettings
 from ._errors import ConfigError
+from ._frames import drop_library_frames, hide_library_frames, hides_library_frames, raises_job_errors
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
+from ._serialize import note_task
 from ._worker import call_item, in_worker
 
 P = ParamSpec("P")
@@ -109,6 +111,28 @@ def _by_value_target(plain: Callable[..., Any], bind_to: Any) -> Callable[..., A
     return functools.partial(plain, bind_to) if bind_to is not None else plain
 
 
+class _Zipped:
+    """Several iterables of inputs as one, like ``map(f, xs, ys)``: tuples of their items, as long as the
+    shortest; each tuple is unpacked into the call."""
+
+    def __init__(self, iterables: tuple[Any, ...]) -> None:
+        self.iterables = iterables
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return zip(*self.iterables)  # noqa: B905 (the shortest input ends the map, as with map())
+
+
+class _SizedZipped(_Zipped):
+    """Zipped inputs whose length is known (every input has one): chunk sizes and progress bars use it."""
+
+    def __init__(self, iterables: tuple[Any, ...], length: int) -> None:
+        super().__init__(iterables)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
 # --- the decorated object --------------------------------------------------------------------------------------------
 
 
@@ -126,12 +150,14 @@ class _Core:
         self.holder = PoolHolder(self.qualname or repr(plain))
         self.targets: dict[int, TaskTarget] = {}
 
+    def bind_to(self, instance: Any) -> Any:
+        """What the function is bound to when reached through *instance*: the class for a classmethod."""
+        if self.kind == "class" and instance is not None:
+            return instance if isinstance(instance, type) else type(instance)
+        return instance if self.kind == "function" else None
+
     def target(self, instance: Any) -> TaskTarget:
-        bind_to = None
-        if self.kind == "class":
-            bind_to = instance if isinstance(instance, type) else type(instance)
-        elif self.kind == "function":
-            bind_to = instance
+        bind_to = self.bind_to(instance)
         target = self.targets.get(id(bind_to))
         if target is None or target.bind_to is not bind_to:
             target = TaskTarget(self.plain, bind_to, self.module, self.qualname)
@@ -165,11 +191,30 @@ class _Core:
 
     # --- maps ---
 
-    def run_map(self, instance: Any, iterable: Any, call_options: dict[str, Any], ordered: bool) -> Iterable[Any]:
-        if not is_numpy_array(iterable) and not isinstance(iterable, Iterable):
+    def inputs(self, iterables: tuple[Any, ...]) -> Any:
+        """The one iterable of task inputs: the iterable itself, or several zipped as ``map(f, xs, ys)`` does."""
+        for position, iterable in enumerate(iterables):
+            if is_numpy_array(iterable) or isinstance(iterable, Iterable):
+                continue
+            kind = type(iterable).__name__
+            if position == 0:
+                raise TypeError(
+                    f"{self.qualname}() runs the function over an iterable of inputs and got a non-iterable "
+                    f"{kind}; to call it once, in this process, use {self.qualname}.serial(...)")
             raise TypeError(
-                f"{self.qualname}() runs the function over an iterable of inputs and got a non-iterable "
-                f"{type(iterable).__name__}; to call it once, in this process, use {self.qualname}.serial(...)")
+                f"{self.qualname}() runs the function over iterables of inputs, zipped as map() does, and its "
+                f"argument {position + 1} is a non-iterable {kind}; to pass the same value with every item, give "
+                "itertools.repeat(value)")
+        if len(iterables) == 1:
+            return iterables[0]
+        lengths = [known_length(iterable, None) for iterable in iterables]
+        if None in lengths:
+            return _Zipped(iterables)
+        return _SizedZipped(iterables, min(n for n in lengths if n is not None))
+
+    def run_map(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
+                ordered: bool) -> Iterable[Any]:
+        iterable = self.inputs(iterables)
         options = self.resolve(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
@@ -210,7 +255,7 @@ class _Core:
             options.worker_init(*prefix)
         func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
         results: list[Any] = []
-        for item in iterable:
+        for index, item in enumerate(iterable):
             for attempt in itertools.count():
                 try:
                     results.append(call_item(func, item, 0))
@@ -219,6 +264,7 @@ class _Core:
                     if attempt < options.retries:
                         time.sleep(options.retry_backoff * 2**attempt)  # the backoff the user asked for
                         continue
+                    note_task(exc, index, item)  # as a pool does
                     if options.on_error == "return":
                         results.append(exc)
                     elif options.on_error == "raise":
@@ -255,9 +301,11 @@ class _Core:
         engine.submit(job, background=True)
         return future
 
-    async def aimap(self, instance: Any, iterable: Any, call_options: dict[str, Any],
+    @raises_job_errors
+    async def aimap(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
                     ordered: bool) -> AsyncIterator[Any]:
         """Results as they come, without blocking the event loop: a background driver runs the pool."""
+        iterable = self.inputs(iterables)
         options = self.resolve(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
@@ -290,7 +338,7 @@ class _Core:
                 await wake.wait()
                 wake.clear()
             if job.error is not None:
-                raise job.error
+                raise job.error.with_traceback(drop_library_frames(job.error.__traceback__))  # as _calls.run
         finally:
             if not job.finished:
                 job.cancel()
@@ -314,29 +362,35 @@ class _Methods(Generic[P, R]):
             return self._self_owner  # a classmethod reached through its class
         return instance
 
-    def imap(self, iterable: Iterable[Any], /, **options: Any) -> Iterable[R]:
+    def imap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> Iterable[R]:
         """Results one by one, in input order, as soon as each is ready."""
-        return self._self_core.run_map(self._instance(), iterable, options, ordered=True)
+        return self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=True)
 
-    def imap_unordered(self, iterable: Iterable[Any], /, **options: Any) -> Iterable[R]:
+    def imap_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> Iterable[R]:
         """Results one by one, in completion order."""
-        return self._self_core.run_map(self._instance(), iterable, options, ordered=False)
+        return self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False)
 
-    def map_unordered(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+    @hides_library_frames
+    def map_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """All results, in completion order."""
-        return list(self._self_core.run_map(self._instance(), iterable, options, ordered=False))
+        return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False))
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
         """One call in a worker; a concurrent.futures.Future for its result."""
         return self._self_core.submit(self._instance(), args, kwargs)
 
-    async def amap(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
+    async def amap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """``await f.amap(items)``: all results in input order, without blocking the event loop."""
-        return [value async for value in self._self_core.aimap(self._instance(), iterable, options, True)]
+        try:
+            return [value async for value in
+                    self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)]
+        except Exception as exc:
+            hide_library_frames(exc)
+            raise
 
-    def aimap(self, iterable: Iterable[Any], /, **options: Any) -> AsyncIterator[R]:
+    def aimap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> AsyncIterator[R]:
         """``async for r in f.aimap(items)``: results in input order, without blocking the event loop."""
-        return self._self_core.aimap(self._instance(), iterable, options, True)
+        return self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)
 
     def serial(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The plain function, called once in this process."""
@@ -358,12 +412,29 @@ class _Methods(Generic[P, R]):
 
     @property
     def decorator_options(self) -> dict[str, Any]:
+        """The options given to @parallel (or to options())."""
         return dict(self._self_core.options)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (empty before the first call and after close())."""
         engine: Engine | None = self._self_core.holder.engine
         return engine.worker_pids() if engine is not None and engine.usable else []
+
+    # wrapt's proxy answers dir() and repr() for the wrapped function; the subclasses below use these instead.
+
+    def _parallel_dir(self) -> list[str]:
+        """The function's attributes and this object's methods, so that tab completion finds imap, submit..."""
+        ours = {name for cls in type(self).__mro__ if cls.__module__ == __name__
+                for name in vars(cls) if not name.startswith("_")}
+        return sorted(ours.union(dir(self.__wrapped__)))  # type: ignore[attr-defined]
+
+    def _parallel_repr(self) -> str:
+        core = self._self_core
+        bound_to = core.bind_to(self._instance())
+        if bound_to is not None:
+            return f"<bound parallel method {core.qualname} of {bound_to!r}>"
+        kind = {"function": "function", "class": "classmethod", "static": "staticmethod"}[core.kind]
+        return f"<parallel {kind} {core.module}.{core.qualname}>"
 
 
 def _wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -392,12 +463,24 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
             owner = self._self_owner
         return (getattr, (owner, self.__wrapped__.__name__))
 
-    def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
-        return list(self._self_core.run_map(self._instance(), iterable, options, ordered=True))
+    __dir__ = _Methods._parallel_dir
+    __repr__ = __str__ = _Methods._parallel_repr
+
+    @hides_library_frames
+    def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
+        return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=True))
 
 
 class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
-    """A function that, called on an iterable, runs on a pool of workers. See ``parallel``."""
+    """A function that, called on an iterable, runs on a pool of workers. See ``parallel``.
+
+    ``f(xs)`` runs the function on every item of *xs* in worker processes and returns the results in input order
+    (a tuple item is unpacked into the arguments, a dict item into keywords); ``f(xs, ys)`` zips several
+    iterables, as ``map(f, xs, ys)`` does. Keyword arguments override options for that call only. Methods:
+    ``imap`` and ``imap_unordered`` (lazy), ``map_unordered``, ``amap`` and ``aimap`` (asyncio), ``submit`` (one
+    call, a Future), ``serial`` (one call in this process), ``options`` (a copy with other options), ``close``,
+    ``exit_results``, ``worker_pids``, and ``worker_init`` / ``worker_exit`` (decorators for hooks).
+    """
 
     __bound_function_wrapper__ = BoundParallelFunction
 
@@ -405,11 +488,17 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
         super().__init__(func, _wrapper)
         self._self_core = _Core(func, options)
 
+    __dir__ = _Methods._parallel_dir
+    __repr__ = __str__ = _Methods._parallel_repr
+
     def _instance(self) -> Any:
         return None
 
-    def __call__(self, iterable: Iterable[Any], /, **options: Any) -> list[R]:
-        return list(self._self_core.run_map(None, iterable, options, ordered=True))
+    @hides_library_frames
+    def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
+        """Run the function over *iterable* (or over several, zipped as ``map(f, xs, ys)`` does): the results,
+        in input order."""
+        return list(self._self_core.run_map(None, (iterable, *iterables), options, ordered=True))
 
     def worker_init(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: run *hook* once in each worker before its first task (receives the same leading
@@ -484,7 +573,8 @@ def parallel(
 
 
 def parallel(func: Any = None, /, **options: Any) -> Any:
-    """Make *func* run in parallel: ``f(items)`` maps it over *items* on a cached pool of worker processes.
+    """Make *func* run in parallel: ``f(items)`` maps it over *items* on a cached pool of worker processes
+    (``f(xs, ys)`` over several iterables, zipped as ``map`` does).
 
     Usable bare (``@parallel``) or with options (``@parallel(n_jobs=4, worker_state=True)``). Options are
     checked here, so a bad value fails at decoration time; nothing starts until the first call.

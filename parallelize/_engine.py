@@ -32,7 +32,7 @@ from ._serialize import TaskFailure, describe_unpicklable, dumps_by_value, loads
 from ._sigint import SigintHold
 from ._worker import WorkerSpec
 from .backends import Backend, create_backend
-from .backends._base import Exited, Received
+from .backends._base import EXIT_MAIN_REIMPORTED, Exited, Received
 
 logger = logging.getLogger("parallelize")
 
@@ -590,6 +590,11 @@ class Engine:
         if slot.ready and not (slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping):
             logger.warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
                            slot.worker_id, slot.pid, _describe_exitcode(exitcode))
+        if exitcode == EXIT_MAIN_REIMPORTED and not slot.ready:
+            self._fail_all(WorkerDiedError(
+                f"worker {slot.worker_id} (start method {self.settings.start_method!r}) imports the main script "
+                "as it starts, and the script starts a pool when imported: put the code that starts pools (calls "
+                "of @parallel functions, WorkerPool) under `if __name__ == '__main__':` in the main script"))
         killed_from_outside = exitcode in (-signal.SIGKILL, -signal.SIGTERM)  # perhaps transient: not counted
         if not (slot.ready or slot.exited_cleanly or slot.killed or slot.init_failed or self._stopping
                 or killed_from_outside):

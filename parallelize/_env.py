@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import ConfigError
+from ._frames import user_stacklevel
 
 PREFIX = "PARALLELIZE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -26,13 +27,21 @@ def parse_int(variable: str, text: str) -> int | None:
         raise ConfigError(f"{variable}={text!r} is not an integer") from None
 
 
-def parse_float(variable: str, text: str) -> float | None:
+def _number(variable: str, text: str, what: str) -> float | None:
     if text.strip().lower() in _NONE:
         return None
     try:
         return float(text.strip())
     except ValueError:
-        raise ConfigError(f"{variable}={text!r} is not a number of seconds") from None
+        raise ConfigError(f"{variable}={text!r} is not {what}") from None
+
+
+def parse_float(variable: str, text: str) -> float | None:
+    return _number(variable, text, "a number of seconds")
+
+
+def parse_chunk_size(variable: str, text: str) -> float | None:
+    return _number(variable, text, "a chunk size: a positive number of tasks per chunk, or none")
 
 
 def parse_bool(variable: str, text: str) -> bool:
@@ -69,4 +78,5 @@ def warn_unknown(known: Iterable[str]) -> None:
         _warned.add(name)
         close = difflib.get_close_matches(name, sorted(known_names), n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(sorted(known_names))}"
-        warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning, stacklevel=4)
+        warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning,
+                      stacklevel=user_stacklevel())

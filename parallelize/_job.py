@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._chunking import ChunkSizer
-from ._messages import RunChunk
-from ._serialize import TaskFailure, unpack_exception
+from ._messages import CALL_APPLY, RunChunk
+from ._serialize import TaskFailure, note_task, unpack_exception
 
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
@@ -168,7 +168,10 @@ class Job:
         failed = {f.position: f for f in failures or ()}
         for position in range(len(chunk.items)):
             if position in failed:
-                self._item_failed(chunk, position, unpack_exception(failed[position]))
+                error = unpack_exception(failed[position])
+                if self.call_mode != CALL_APPLY:  # one call made by the user: its arguments need no reminder
+                    note_task(error, chunk.start + position, chunk.items[position])
+                self._item_failed(chunk, position, error)
             elif position < len(values):
                 self._fill(chunk, position, values[position])
             else:

@@ -15,6 +15,7 @@ import traceback
 from typing import Any, NamedTuple
 
 from ._errors import RemoteError
+from ._frames import skip_leading_library_frames
 
 PROTOCOL = 5
 _PICKLE_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
@@ -139,8 +140,9 @@ def _dump_exception_by_value(exc: BaseException) -> bytes:
 
 
 def pack_exception(exc: BaseException, index: int = -1) -> TaskFailure:
-    """Capture *exc* with its traceback text; pickle it if possible."""
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """Capture *exc* with its traceback text (from the user's first frame: the worker's own loop is noise);
+    pickle it if possible."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, skip_leading_library_frames(exc.__traceback__)))
     payload: bytes | None = None
     bare = exc.with_traceback(None)
     for dump in (_dump_exception, _dump_exception_by_value):
@@ -157,6 +159,17 @@ def _dump_exception(exc: BaseException) -> bytes:
     buffer = io.BytesIO()
     _ExceptionPickler(buffer, protocol=PROTOCOL).dump(exc)
     return buffer.getvalue()
+
+
+def note_task(exc: BaseException, index: int, item: Any) -> None:
+    """Say on *exc* which task raised it: its position in the input and a capped repr of its input.
+
+    An exception note (Python 3.11+), shown under the message; Python 3.10 has no notes, and the message
+    itself must stay the task's own, so there the exception is left as it is.
+    """
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"(raised by the task at input index {index}, called with {describe_unpicklable(item)})")
 
 
 def unpack_exception(failure: TaskFailure) -> BaseException:

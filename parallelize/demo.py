@@ -6,6 +6,7 @@ every available CPU. The results must be identical; the speed-up is printed.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from parallelize import cpu_count, parallel
@@ -30,7 +31,12 @@ def count_primes_parallel(limit: int) -> int:
     return count_primes(limit)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m parallelize.demo",
+        description="Count primes for 48 inputs in a plain loop, then with @parallel on every available CPU, check "
+                    "that the results are identical and print the speed-up.",
+    ).parse_args(argv)
     inputs = [20_000 + 500 * i for i in range(48)]
     n_cpus = cpu_count()
 

@@ -19,6 +19,7 @@ from ._chunking import is_numpy_array
 from ._cpu import cpu_count
 from ._engine import Engine, WorkerSettings
 from ._errors import PoolBusyError
+from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
 from ._progress import ProgressBar, check_progress_options
@@ -130,6 +131,7 @@ class WorkerPool:
 
     # --- map family -----------------------------------------------------------------------------------------------
 
+    @hides_library_frames
     def map(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
             max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
             worker_lifespan: int | None = None, progress_bar: bool = False, concatenate_numpy_output: bool = True,
@@ -149,6 +151,7 @@ class WorkerPool:
             return numpy.concatenate(results)
         return results
 
+    @hides_library_frames
     def map_unordered(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any,
                       iterable_len: int | None = None, max_tasks_active: int | None = None,
                       chunk_size: int | None = None, n_splits: int | None = None,
@@ -237,7 +240,11 @@ class WorkerPool:
                 self._active_calls -= 1
                 self._after_call(engine, failed)
 
-        yield from run(engine, job, bar, on_end)
+        try:
+            yield from run(engine, job, bar, on_end)
+        except Exception as exc:  # the outermost frame of imap: the user's loop is next
+            hide_library_frames(exc)
+            raise
 
     def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
                   iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,

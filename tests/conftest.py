@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -178,6 +179,20 @@ def start_method(request: pytest.FixtureRequest) -> str:
 def fast_start_method(request: pytest.FixtureRequest) -> str:
     """The two cheap start methods, for tests whose behaviour does not depend on how workers start."""
     return str(request.param)
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[Any], Any]]:
+    """Register decorated functions made inside a test; they are closed when it ends."""
+    made: list[Any] = []
+
+    def register(func: Any) -> Any:
+        made.append(func)
+        return func
+
+    yield register
+    for func in made:
+        func.close()
 
 
 @pytest.fixture

@@ -182,6 +182,11 @@ class Scaler:
         return type(self).__name__, x * self.factor, os.getpid()
 
     @parallel(n_jobs=2, start_method="fork")
+    def scale_sum(self, x: int, y: int) -> int:
+        """Multiply x + y by this instance's factor."""
+        return (x + y) * self.factor
+
+    @parallel(n_jobs=2, start_method="fork")
     @classmethod
     def class_outer(cls, x: int) -> tuple[str, int, int]:
         """A classmethod with @parallel outermost."""

@@ -26,3 +26,12 @@ def test_smoke_run_prints_a_table(tmp_path: Path) -> None:
         assert f"### {workload}:" in done.stdout, workload
     assert "FAILED" not in done.stdout
     assert out.exists() and '"workloads"' in out.read_text()
+
+
+@pytest.mark.skipif(not (ROOT / "benchmarks" / "__main__.py").exists(), reason="benchmarks/ is not in this tree")
+def test_unknown_peer_fails_naming_the_known_ones() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "W1", "--peers", "serial,mpier"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "'mpier'" in done.stderr and "mpire" in done.stderr and "parallelize WorkerPool" in done.stderr
+    assert "| Peer |" not in done.stdout

@@ -492,6 +492,14 @@ def test_bad_environment_boolean_error_says_what_is_allowed(monkeypatch: pytest.
         show_config()
 
 
+@pytest.mark.parametrize("text", ["abc", "2 items"])
+def test_bad_environment_chunk_size_error_describes_a_chunk_size(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("PARALLELIZE_CHUNK_SIZE", text)
+    with pytest.raises(ConfigError, match=r"PARALLELIZE_CHUNK_SIZE=.* is not a chunk size") as raised:
+        show_config()
+    assert "seconds" not in str(raised.value)
+
+
 def test_unknown_environment_variable_warns_once_with_the_closest_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARALLELIZE_N_JOSB", "2")
     with pytest.warns(UserWarning) as caught:

@@ -41,7 +41,7 @@ FORK = multiprocessing.get_context("fork")
 
 def _all_decorated() -> list[Any]:
     found = [obj for obj in vars(dh).values() if isinstance(obj, ParallelFunction)]
-    return found + [getattr(Scaler, name) for name in dh.METHOD_NAMES]
+    return found + [getattr(Scaler, name) for name in [*dh.METHOD_NAMES, "scale_sum"]]
 
 
 @pytest.fixture(autouse=True)
@@ -49,20 +49,6 @@ def _clean_environment_and_pools(no_parallelize_env: None) -> Iterator[None]:
     """No PARALLELIZE_* variable from the outside leaks in; every decorated helper is closed after the test."""
     yield
     for func in _all_decorated():
-        func.close()
-
-
-@pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    """Register decorated functions made inside a test; they are closed when it ends."""
-    made: list[Any] = []
-
-    def register(func: Any) -> Any:
-        made.append(func)
-        return func
-
-    yield register
-    for func in made:
         func.close()
 
 
@@ -154,6 +140,49 @@ def test_call_accepts_a_generator() -> None:
 
 def test_tuple_items_unpack_as_arguments_and_dict_items_as_keywords() -> None:
     assert dh.add([(1, 2), {"a": 3, "b": 4}, (5,)]) == [3, 7, 5]
+
+
+def test_several_iterables_are_zipped_like_builtin_map_shortest_first() -> None:
+    xs, ys = [1, 2, 3, 4], [10, 20, 30]
+    assert dh.add(xs, ys) == list(map(dh.add.serial, xs, ys)) == [11, 22, 33]
+    assert dh.add(iter(xs), (y for y in ys), chunk_size=2) == [11, 22, 33]
+    assert list(dh.add.imap(xs, ys)) == [11, 22, 33]
+    assert sorted(dh.add.imap_unordered(xs, ys)) == [11, 22, 33]
+    assert sorted(dh.add.map_unordered(xs, ys, chunk_size=1)) == [11, 22, 33]
+    assert asyncio.run(dh.add.amap(xs, ys)) == [11, 22, 33]
+
+    async def collect() -> list[int]:
+        return [value async for value in dh.add.aimap(xs, ys)]
+
+    assert asyncio.run(collect()) == [11, 22, 33]
+
+
+def test_several_iterables_unpack_each_item_as_one_positional_argument() -> None:
+    # Items of one input are not unpacked when several are given: map(f, xs, ys) calls f(x, y).
+    assert dh.tagged([(1, 2), (3, 4)], [5, 6]) == [((1, 2), 25), ((3, 4), 36)]
+
+
+def test_several_iterables_keep_the_length_when_every_input_has_one() -> None:
+    # n_splits needs the number of tasks: known when each input has a len, unknown with a generator.
+    assert dh.add([1, 2, 3, 4], [1, 1, 1], n_splits=2) == [2, 3, 4]
+    with pytest.raises(parallelize.ConfigError, match="n_splits needs the number of tasks"):
+        dh.add([1, 2, 3, 4], (y for y in [1, 1, 1]), n_splits=2)
+
+
+def test_several_iterables_in_serial_mode() -> None:
+    assert dh.add([1, 2], [3, 4, 5], backend="serial") == [4, 6]
+    assert dh.add.worker_pids() == []
+
+
+def test_several_iterables_through_a_method() -> None:
+    assert Scaler(3).scale_sum([1, 2, 3], [10, 20]) == [33, 66]
+
+
+def test_a_non_iterable_second_argument_raises_type_error_suggesting_repeat() -> None:
+    before = child_keys()
+    with pytest.raises(TypeError, match=r"argument 2 is a non-iterable int.*itertools\.repeat"):
+        dh.add([1, 2], 3)  # type: ignore[arg-type]
+    assert child_keys() == before
 
 
 def test_imap_yields_results_lazily_in_input_order() -> None:
@@ -293,6 +322,38 @@ def test_submit_future_carries_the_task_exception() -> None:
 
 
 # --- names, signature, pickling -------------------------------------------------------------------------------------
+
+
+METHODS = {"imap", "imap_unordered", "map_unordered", "submit", "amap", "aimap", "serial", "close", "exit_results",
+           "decorator_options", "worker_pids"}
+
+
+def test_dir_lists_the_methods_and_the_functions_own_attributes() -> None:
+    names = dir(dh.cube)
+    assert METHODS | {"options", "worker_init", "worker_exit"} <= set(names)
+    assert {"__name__", "__doc__", "__code__"} <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name", dh.METHOD_NAMES)
+def test_dir_of_a_bound_method_lists_the_methods(name: str) -> None:
+    names = set(dir(getattr(Scaler(1), name)))
+    assert names >= METHODS
+    assert "__self__" in names or name.startswith("static")
+
+
+def test_repr_and_str_name_the_parallel_function() -> None:
+    assert repr(dh.cube) == str(dh.cube) == "<parallel function decorated_helpers.cube>"
+
+
+def test_repr_of_methods_names_what_they_are_bound_to() -> None:
+    instance = Scaler(1)
+    assert repr(instance.scale) == f"<bound parallel method Scaler.scale of {instance!r}>"
+    assert repr(Scaler.scale) == "<parallel function decorated_helpers.Scaler.scale>"
+    assert repr(instance.class_outer) == f"<bound parallel method Scaler.class_outer of {Scaler!r}>"
+    assert repr(SubScaler.class_inner) == f"<bound parallel method Scaler.class_inner of {SubScaler!r}>"
+    assert repr(instance.static_outer) == "<parallel staticmethod decorated_helpers.Scaler.static_outer>"
+
 
 
 def test_function_keeps_its_name_qualname_doc_and_module() -> None:

@@ -13,6 +13,10 @@ from typing import Any, NamedTuple
 
 from .._worker import WorkerSpec
 
+# The exit status of a worker that, while it was starting, found the main script starting a pool: the script
+# lacks an `if __name__ == "__main__":` guard, and every worker would fail the same way.
+EXIT_MAIN_REIMPORTED = 71
+
 
 class Received(NamedTuple):
     """A worker sent a message. *key* is the backend's name for that worker (unique for the backend's life)."""

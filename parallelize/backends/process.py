@@ -25,10 +25,11 @@ from typing import Any
 
 from .. import _clock, _worker
 from .._errors import ForkAfterThreadsWarning
+from .._frames import UserSite, user_stacklevel
 from .._messages import Undecodable
 from .._serialize import dumps_by_value, loads
 from .._worker import WorkerSpec, run_worker
-from ._base import Backend, Event, Exited, Received
+from ._base import EXIT_MAIN_REIMPORTED, Backend, Event, Exited, Received
 from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
 from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
 
@@ -88,6 +89,14 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     # Pools started inside this worker must not leak this worker's own pipes into their workers.
     _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno(), *channel.fds()))
     run_worker(spec, channel, slots)
+
+
+def _worker_importing_main() -> bool:
+    """True in one of our spawn/forkserver workers while it imports the main script, before it runs any task:
+    the script is starting a pool at import time, which multiprocessing forbids in a process still starting."""
+    process = multiprocessing.current_process()
+    # _inheriting is multiprocessing's own flag for that phase (its "bootstrapping phase" error checks it).
+    return bool(getattr(process, "_inheriting", False)) and process.name.startswith("parallelize-worker-")
 
 
 def _map_segments(fds: tuple[int, int] | None) -> tuple[TaskArena, ResultRing] | None:
@@ -183,6 +192,10 @@ class ProcessBackend(Backend):
     supports_kill = True
 
     def __init__(self, start_method: str, *, daemon: bool) -> None:
+        if start_method != "fork" and _worker_importing_main():
+            # multiprocessing would raise here, and every worker would print the same long traceback; the
+            # parent explains it once instead (see Engine._on_exit).
+            os._exit(EXIT_MAIN_REIMPORTED)
         self.name = start_method
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._daemon = daemon
@@ -197,6 +210,9 @@ class ProcessBackend(Backend):
         _PARENT_ONLY_FDS.update(self._own_fds)
         self._closed = False
         self._fork_warned = False  # ForkAfterThreadsWarning: once per pool
+        # The user's call that made this pool, for that warning when the driver thread forks (its stack has no
+        # user frame to point at).
+        self._site = UserSite() if start_method == "fork" else None
         if start_method != "fork":
             # Spawned workers import the main script as __mp_main__; exceptions and results whose classes are
             # defined there must unpickle here too.
@@ -211,7 +227,7 @@ class ProcessBackend(Backend):
             enlarge_pipe(conn.fileno())
         clock = self._ctx.RawArray("q", _clock.SIZE)
         if self.name == "fork" and not self._fork_warned:
-            self._fork_warned = _warn_if_threads()
+            self._fork_warned = _warn_if_threads(self._site)
         if self.name == "forkserver":
             # Start the server before blocking signals below, or it would keep them blocked for every process
             # it ever forks, the program's own included.
@@ -464,10 +480,11 @@ def _harmless(thread: threading.Thread) -> bool:
     return type(thread).__module__.startswith("tqdm.")
 
 
-def _warn_if_threads() -> bool:
+def _warn_if_threads(site: UserSite | None) -> bool:
     """Forking while another thread holds a lock (logging, I/O, allocator) can leave a worker deadlocked.
 
-    True if it warned.
+    True if it warned. The warning points at the user's line: the call on this thread's stack, or *site* (where
+    the pool was made) when the driver thread forks.
     """
     current = threading.current_thread()
     ours = current.name.startswith("parallelize-")
@@ -478,9 +495,11 @@ def _warn_if_threads() -> bool:
               and not (ours and t is threading.main_thread()) and not _harmless(t)]
     if not others:
         return False
-    warnings.warn(
-        f"starting fork workers while {len(others)} other thread(s) run in this process "
-        f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
-        "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.",
-        ForkAfterThreadsWarning, stacklevel=6)
+    message = (f"starting fork workers while {len(others)} other thread(s) run in this process "
+               f"({', '.join(t.name for t in others[:3])}); a worker can deadlock if one of them held a lock at the "
+               "moment of fork. Use start_method='forkserver' or 'spawn' in threaded programs.")
+    if ours and site is not None:
+        site.warn(message, ForkAfterThreadsWarning)
+    else:
+        warnings.warn(message, ForkAfterThreadsWarning, stacklevel=user_stacklevel())
     return True
