@@ -36,6 +36,9 @@ logger = logging.getLogger("parallelize")
 MAX_START_FAILURES = 3  # workers in a row dying before they are ready fail the calls instead of being replaced
 PREFETCH = 2  # chunks queued per worker: it never idles waiting for the parent
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
+# The longest the loop blocks in one go. A far deadline (a timeout of years) is reached by waking up again:
+# epoll takes at most ~24.8 days and a lock at most threading.TIMEOUT_MAX, anything longer raises OverflowError.
+MAX_WAIT = 86400.0
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ class Engine:
                     if not self._driving and not self._handover:
                         self._driving = True
                         break
-                    self._cv.wait(remaining)
+                    self._cv.wait(None if remaining is None else min(remaining, MAX_WAIT))
             try:
                 self._step(remaining)
             except BaseException:
@@ -272,7 +275,7 @@ class Engine:
         wait = self._time_to_deadline()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
-        for event in self.backend.wait(wait):
+        for event in self.backend.wait(None if wait is None else min(wait, MAX_WAIT)):
             if type(event) is Received:
                 self._on_message(event.key, event.message)
             else:

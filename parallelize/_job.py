@@ -226,7 +226,7 @@ class Job:
             self._attempts[index] = attempts + 1
             retry = chunk._replace(items=chunk.items[position:position + 1], start=index)
             self._partial(chunk)  # the retry's result fills its place
-            delay = self.retry_backoff * (2 ** attempts)
+            delay = self.retry_backoff * 2.0 ** min(attempts, 1023)  # 2.0**1024 overflows; inf is a fine delay
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_seq), retry))
             return
         if self.on_error == "return":

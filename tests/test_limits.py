@@ -1,0 +1,189 @@
+"""Values at the edges: "no limit" written as inf or a huge number, impossible values that must fail before any
+process starts, worker counts beyond what the system allows, and memory that must stay bounded."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+import pytest
+
+import helpers
+from helpers import child_keys
+from parallelize import ConfigError, WorkerPool, parallel, show_config
+
+THIRTY_DAYS = 30 * 24 * 3600.0
+NO_LIMITS = [THIRTY_DAYS, 1e10, 1e300, math.inf]
+TIMEOUT_OPTIONS = ["task_timeout", "worker_init_timeout", "worker_exit_timeout"]
+
+
+@pytest.fixture(autouse=True)
+def _no_environment(no_parallelize_env: None) -> None:
+    """No PARALLELIZE_* variable from the outside changes what these tests see."""
+
+
+def _check_message(error: BaseException, name: str, value: Any) -> None:
+    assert name in str(error)
+    assert repr(value) in str(error)
+
+
+# --- "no limit" as inf or a huge number -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", NO_LIMITS)
+@pytest.mark.parametrize("option", TIMEOUT_OPTIONS)
+def test_decorator_timeout_of_any_size_or_inf_means_a_far_or_no_limit(option: str, value: float,
+                                                                     fast_start_method: str) -> None:
+    func = parallel(n_jobs=2, start_method=fast_start_method, **{option: value})(helpers.square)
+    try:
+        assert func(range(6)) == [0, 1, 4, 9, 16, 25]
+        assert func(range(3), **{option: value}) == [0, 1, 4]
+    finally:
+        func.close()
+
+
+def test_environment_timeout_inf_means_no_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLELIZE_TASK_TIMEOUT", "inf")
+    func = parallel(n_jobs=2, start_method="fork")(helpers.square)
+    try:
+        assert func(range(4)) == [0, 1, 4, 9]
+    finally:
+        func.close()
+    assert re.search(r"task_timeout +None +\(PARALLELIZE_TASK_TIMEOUT\)", show_config())
+
+
+@pytest.mark.parametrize("value", NO_LIMITS)
+def test_workerpool_timeouts_of_any_size_or_inf(value: float, fast_start_method: str) -> None:
+    timeouts = dict(task_timeout=value, worker_init_timeout=value, worker_exit_timeout=value)
+    with WorkerPool(2, start_method=fast_start_method) as pool:
+        assert pool.map(helpers.square, range(5), **timeouts) == [0, 1, 4, 9, 16]
+        result = pool.apply_async(helpers.square, (7,), **timeouts)
+        assert result.get(value) == 49
+        assert pool.apply(helpers.square, (3,), **timeouts) == 9
+
+
+@pytest.mark.parametrize("value", [THIRTY_DAYS, 1e10, math.inf])
+def test_async_result_get_waits_with_a_timeout_of_any_size(value: float) -> None:
+    with WorkerPool(1, start_method="fork") as pool:
+        result = pool.apply_async(helpers.sleep_for, (0.2,))
+        assert result.get(value) == 0.2  # waits for the task, through the loop's bounded waits
+
+
+def test_async_result_get_with_nan_timeout_raises_naming_it() -> None:
+    with WorkerPool(1, start_method="fork") as pool:
+        result = pool.apply_async(helpers.square, (2,))
+        with pytest.raises(ConfigError, match="timeout.*nan"):
+            result.get(math.nan)
+        assert result.get() == 4
+
+
+def test_huge_retry_backoff_waits_without_breaking_the_loop() -> None:
+    # The failed item's retry is due in 1e10 s: the loop must wait for it in bounded steps, serving the others.
+    func = parallel(n_jobs=2, start_method="fork", retries=1, retry_backoff=1e10)(helpers.fail_on)
+    try:
+        results = func.imap_unordered([3, 1, 2])
+        assert sorted([next(results), next(results)]) == [1, 2]
+        results.close()  # type: ignore[attr-defined]
+    finally:
+        func.close()
+
+
+def test_more_retries_than_a_float_power_of_two_can_count() -> None:
+    # The backoff doubles per attempt: 2**1024 is past the largest float, which must not break the retry loop.
+    func = parallel(n_jobs=1, backend="thread", retries=1100, on_error="return")(helpers.fail_on)
+    try:
+        [value] = func([3])
+        assert isinstance(value, ValueError)
+    finally:
+        func.close()
+
+
+@pytest.mark.parametrize("value", [math.nan, -1, -math.inf, 0])
+@pytest.mark.parametrize("option", TIMEOUT_OPTIONS)
+def test_nan_negative_or_zero_timeouts_raise_naming_them(option: str, value: float) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parallel(**{option: value})
+    _check_message(raised.value, option, value)
+    with WorkerPool(1, start_method="fork") as pool:
+        with pytest.raises(ConfigError) as raised:
+            pool.map(helpers.square, range(3), **{option: value})
+        _check_message(raised.value, option, value)
+        with pytest.raises(ConfigError) as raised:
+            pool.apply_async(helpers.square, (1,), **{option: value})
+        _check_message(raised.value, option, value)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, -1])
+def test_retry_backoff_must_be_finite_and_not_negative(value: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parallel(retry_backoff=value)
+    _check_message(raised.value, "retry_backoff", value)
+    monkeypatch.setenv("PARALLELIZE_RETRY_BACKOFF", str(value))
+    with pytest.raises(ConfigError, match="PARALLELIZE_RETRY_BACKOFF"):
+        show_config()
+
+
+# --- impossible values fail before any process starts ---------------------------------------------------------------
+
+
+IMPOSSIBLE = [  # (option, value, what the message must show)
+    ("chunk_size", math.inf, math.inf),
+    ("chunk_size", 1e300, 1e300),
+    ("chunk_size", 10**30, 10**30),
+    ("max_worker_memory", "1e999GB", "1e999GB"),
+    ("max_worker_memory", "1e300GB", "1e300GB"),
+    ("max_worker_memory", 10**100, 10**100),
+    ("max_worker_memory", "nanGB", "nanGB"),
+    ("max_worker_memory", "0.1B", "0.1B"),
+    ("cpu_ids", [99], 99),
+    ("cpu_ids", [[0, 99]], 99),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "shown"), IMPOSSIBLE)
+def test_impossible_values_fail_at_decoration(option: str, value: Any, shown: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parallel(**{option: value})
+    _check_message(raised.value, option, shown)
+
+
+@pytest.mark.parametrize(("option", "value", "shown"), IMPOSSIBLE)
+def test_impossible_values_fail_at_the_call_before_any_process_starts(option: str, value: Any, shown: Any) -> None:
+    func = parallel(n_jobs=2, start_method="fork")(helpers.get_pid)
+    before = child_keys()
+    with pytest.raises(ConfigError) as raised:
+        func(range(4), **{option: value})
+    _check_message(raised.value, option, shown)
+    assert func.worker_pids() == []
+    assert child_keys() == before
+
+
+@pytest.mark.parametrize(("option", "value"), [("chunk_size", math.inf), ("chunk_size", 1e300),
+                                               ("iterable_len", 10**30)])
+def test_workerpool_impossible_map_values_fail_before_any_process_starts(option: str, value: Any) -> None:
+    before = child_keys()
+    with WorkerPool(2, start_method="fork") as pool:
+        with pytest.raises(ConfigError) as raised:
+            pool.map(helpers.square, range(4), **{option: value})
+        _check_message(raised.value, option, value)
+        assert child_keys() == before
+
+
+def test_cpu_ids_outside_the_affinity_mask_fail_at_decoration_and_pool_construction(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU that exists on the machine but that this process may not run on (taskset, a container's cpuset).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    with pytest.raises(ConfigError, match=r"cpu_ids contains 1, .* may use CPUs 0\)"):
+        parallel(cpu_ids=[1])
+    with pytest.raises(ConfigError, match=r"cpu_ids contains 1"):
+        WorkerPool(1, cpu_ids=[1])
+    assert parallel(cpu_ids=[0]) is not None
+
+
+def test_memory_sizes_still_accept_the_usual_spellings() -> None:
+    func = parallel(max_worker_memory="1.5GiB")(helpers.square)
+    assert func.decorator_options["max_worker_memory"] == 3 * 2**29
+    assert parallel(max_worker_memory=2**40)(helpers.square).decorator_options["max_worker_memory"] == 2**40
+
