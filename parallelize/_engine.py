@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _validation as check
 from ._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from ._insights import InsightsCollector
 from ._job import Job
@@ -88,6 +89,7 @@ class _Slot:
 
 class Engine:
     def __init__(self, settings: WorkerSettings) -> None:
+        check.worker_limits(settings.n_jobs, settings.start_method)  # before anything is made for the workers
         self.settings = settings
         self.backend: Backend = create_backend(settings.start_method, daemon=settings.daemon)
         self._slots = [_Slot(i) for i in range(settings.n_jobs)]

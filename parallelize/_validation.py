@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -143,3 +144,71 @@ def _describe_cpus(cpus: set[int]) -> str:
         else:
             runs.append([cpu, cpu])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# What a pool costs the parent, for worker_limits(). Per process worker: its task and result pipes, its exit
+# descriptor (a pidfd), its task arena (a memfd), and the two pipe ends multiprocessing keeps for its Process.
+FDS_PER_PROCESS_WORKER = 6
+# Per pool: the wake-up pipe, the selector and the lifeline pipe, plus what a worker being started holds only in
+# passing (the child's pipe ends, the result ring's memfd, multiprocessing's start-up pipes).
+FDS_PER_PROCESS_POOL = 12
+TASKS_PER_PROCESS_WORKER = 2  # the process and its lifeline thread: both count against RLIMIT_NPROC
+
+
+def worker_limits(n_jobs: int, start_method: str) -> None:
+    """Fail at once, naming n_jobs and the limit, if the system cannot give this pool its workers.
+
+    Checked when a pool is about to start (limits and open descriptors change), not when the option is set.
+    Without it an absurd n_jobs forks until the descriptors run out and fails halfway, after many seconds.
+    """
+    processes = start_method != "threading"
+    if processes:
+        room = _free_fds()
+        if room is not None and n_jobs * FDS_PER_PROCESS_WORKER + FDS_PER_PROCESS_POOL > room[0]:
+            most = max(0, (room[0] - FDS_PER_PROCESS_POOL) // FDS_PER_PROCESS_WORKER)
+            raise ConfigError(
+                f"n_jobs={n_jobs} needs about {n_jobs * FDS_PER_PROCESS_WORKER + FDS_PER_PROCESS_POOL} file "
+                f"descriptors ({FDS_PER_PROCESS_WORKER} per worker process), but this process may open only "
+                f"{room[0]} more (RLIMIT_NOFILE {room[1]}, {room[1] - room[0]} open): use at most n_jobs={most}, "
+                f"or raise the limit (ulimit -n, resource.setrlimit)")
+    per_worker = TASKS_PER_PROCESS_WORKER if processes else 1
+    limits = _task_limits()
+    if limits and n_jobs * per_worker > min(limits)[0]:
+        limit, name = min(limits)
+        what = "worker processes (each with a helper thread)" if processes else "worker threads"
+        raise ConfigError(f"n_jobs={n_jobs} {what} need {n_jobs * per_worker} processes or threads, more than "
+                          f"{name} allows ({limit}): use at most n_jobs={limit // per_worker}")
+
+
+def _free_fds() -> tuple[int, int] | None:
+    """(descriptors this process may still open, its RLIMIT_NOFILE), or None where that cannot be read."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        for listing in ("/proc/self/fd", "/dev/fd"):
+            with contextlib.suppress(OSError):
+                return soft - (len(os.listdir(listing)) - 1), soft  # - 1: listdir's own descriptor
+    except ImportError:  # no resource module (Windows)
+        pass
+    return None
+
+
+def _task_limits() -> list[tuple[int, str]]:
+    """Caps on how many processes and threads may exist: this user's RLIMIT_NPROC (root is exempt from it) and
+    the system's kernel.threads-max and kernel.pid_max (every process and thread takes a pid)."""
+    limits: list[tuple[int, str]] = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if soft != resource.RLIM_INFINITY and os.getuid() != 0:
+            limits.append((soft, "this user's RLIMIT_NPROC (ulimit -u)"))
+    except (ImportError, AttributeError):  # no resource module, or no RLIMIT_NPROC on this platform
+        pass
+    for name in ("threads-max", "pid_max"):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/sys/kernel/{name}") as file:
+            limits.append((int(file.read()), f"the system's kernel.{name}"))
+    return limits

@@ -6,6 +6,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from parallelize import ConfigError, WorkerPool, parallel, show_config
 THIRTY_DAYS = 30 * 24 * 3600.0
 NO_LIMITS = [THIRTY_DAYS, 1e10, 1e300, math.inf]
 TIMEOUT_OPTIONS = ["task_timeout", "worker_init_timeout", "worker_exit_timeout"]
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +79,7 @@ def test_async_result_get_waits_with_a_timeout_of_any_size(value: float) -> None
 def test_async_result_get_with_nan_timeout_raises_naming_it() -> None:
     with WorkerPool(1, start_method="fork") as pool:
         result = pool.apply_async(helpers.square, (2,))
-        with pytest.raises(ConfigError, match="timeout.*nan"):
+        with pytest.raises(ConfigError, match=r"timeout.*nan"):
             result.get(math.nan)
         assert result.get() == 4
 
@@ -187,3 +192,69 @@ def test_memory_sizes_still_accept_the_usual_spellings() -> None:
     assert func.decorator_options["max_worker_memory"] == 3 * 2**29
     assert parallel(max_worker_memory=2**40)(helpers.square).decorator_options["max_worker_memory"] == 2**40
 
+
+
+# --- more workers than the system allows ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count descriptors and tasks")
+def test_absurd_n_jobs_fails_at_once_naming_n_jobs_and_the_limit(fast_start_method: str) -> None:
+    before = child_keys()
+    func = parallel(n_jobs=10**6, start_method=fast_start_method)(helpers.square)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"n_jobs=1000000 .*(RLIMIT|kernel\.).*use at most n_jobs=\d+"):
+        func(range(4))
+    with WorkerPool(10**6, start_method=fast_start_method) as pool, \
+            pytest.raises(ConfigError, match=r"n_jobs=1000000 .*use at most n_jobs=\d+"):
+        pool.map(helpers.square, range(4))
+    assert time.monotonic() - started < 10  # instead of forking until the descriptors run out
+    assert child_keys() == before
+    func.close()
+
+
+FD_LIMIT_CHILD = """
+import os, resource, sys
+sys.path[:0] = [{tests!r}, {repo!r}]
+import helpers
+from parallelize import ConfigError, WorkerPool, parallel
+
+if __name__ == "__main__":
+    # Room for a few workers only, counted from what this process already has open.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 60,
+                                                resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    with WorkerPool(4, start_method="fork") as pool:
+        print(pool.map(helpers.square, range(6)), flush=True)
+    for attempt in ("WorkerPool", "decorator"):
+        try:
+            if attempt == "WorkerPool":
+                with WorkerPool(40, start_method="fork") as pool:
+                    pool.map(helpers.square, range(6))
+            else:
+                func = parallel(n_jobs=40, start_method="fork")(helpers.square)
+                try:
+                    func(range(6))
+                finally:
+                    func.close()
+        except ConfigError as error:
+            print(attempt, "ConfigError:", error, flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count descriptors")
+def test_n_jobs_beyond_the_descriptor_limit_fails_before_forking(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(FD_LIMIT_CHILD.format(tests=str(TESTS), repo=str(TESTS.parent)))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PARALLELIZE_")}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[0, 1, 4, 9, 16, 25]"
+    for attempt, line in zip(("WorkerPool", "decorator"), lines[1:], strict=True):
+        assert line.startswith(f"{attempt} ConfigError: n_jobs=40 needs about")
+        assert "RLIMIT_NOFILE" in line
+
+
+def test_many_more_workers_than_cpus_still_work() -> None:
+    with WorkerPool(64, start_method="fork") as pool:
+        assert pool.map(helpers.square, range(200), chunk_size=1) == [x * x for x in range(200)]
