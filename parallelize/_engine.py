@@ -274,6 +274,8 @@ class Engine:
                 self._incoming.clear()
         self._interrupt_cancelled()
         self._dispatch()
+        if any(job.finished for job in self._jobs):
+            timeout = 0.0  # one ended while dispatching (its input ran out): its caller must not wait for an event
         wait = self._time_to_deadline()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)

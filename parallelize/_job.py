@@ -86,6 +86,7 @@ class Job:
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
+        self._unconsumed = 0  # items read from the input whose results the caller has not taken (max_active)
         self.error: BaseException | None = None
         self.cancelled = False
         self.progress_listeners: list[Callable[[int], None]] = []
@@ -114,7 +115,8 @@ class Job:
         else:
             if self.exhausted:
                 return None
-            if self.max_active is not None and self.n_active_chunks and self.n_active_tasks >= self.max_active:
+            if self.max_active is not None and self._unconsumed >= self.max_active:
+                # Results waiting to be taken count too: in flight, reordering or ready, they are all held here.
                 return None
             try:
                 items = next(self._chunks)
@@ -131,6 +133,7 @@ class Job:
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
+            self._unconsumed += len(items)
         self.n_active_chunks += 1
         self.n_active_tasks += len(chunk.items)
         return chunk
@@ -211,10 +214,12 @@ class Job:
     def pop_ready(self) -> list[Any]:
         """Every result that may be handed out now (in input order when ordered)."""
         if len(self._ready) == 1:
-            return self._ready.popleft()
-        out: list[Any] = []
-        while self._ready:
-            out.extend(self._ready.popleft())
+            out = self._ready.popleft()
+        else:
+            out = []
+            while self._ready:
+                out.extend(self._ready.popleft())
+        self._unconsumed -= len(out)
         return out
 
     # --- internals -------------------------------------------------------------------------------------------------
@@ -255,6 +260,7 @@ class Job:
 
     def _chunk_done(self, chunk_id: int, values: list[Any]) -> None:
         _, size = self._sizes.pop(chunk_id)
+        self._unconsumed -= size - len(values)  # skipped items: nothing to take
         if self.ordered:
             self._completed[chunk_id] = values
             while self._emit_next in self._completed:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,65 @@ def test_n_jobs_beyond_the_descriptor_limit_fails_before_forking(tmp_path: Path)
 def test_many_more_workers_than_cpus_still_work() -> None:
     with WorkerPool(64, start_method="fork") as pool:
         assert pool.map(helpers.square, range(200), chunk_size=1) == [x * x for x in range(200)]
+
+
+# --- max_tasks_active bounds how far the input is read ahead --------------------------------------------------------
+
+
+class _CountingInput:
+    """An input generator that counts the items taken from it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.pulled += 1
+            yield i
+
+
+def _largest_lead(results: Iterator[Any], source: _CountingInput) -> int:
+    """The most items read from *source* and not yet consumed from *results*, seen at each result."""
+    lead = 0
+    for consumed, _ in enumerate(results):
+        lead = max(lead, source.pulled - consumed)
+    return lead
+
+
+LIMIT = 20
+N_JOBS = 2
+CHUNK_CAP = LIMIT // (N_JOBS * 2)  # two chunks queued per worker fit in the limit
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("known_length", [False, True])
+def test_max_tasks_active_bounds_the_items_read_ahead_of_a_workerpool_imap(ordered: bool,
+                                                                           known_length: bool) -> None:
+    # Automatic chunk sizes (guided with a length, adaptive without) grow far beyond the limit with quick tasks.
+    source = _CountingInput(3000)
+    with WorkerPool(N_JOBS, start_method="fork") as pool:
+        imap = pool.imap if ordered else pool.imap_unordered
+        results = imap(helpers.identity, source, max_tasks_active=LIMIT,
+                       iterable_len=source.n if known_length else None)
+        assert _largest_lead(results, source) <= LIMIT + CHUNK_CAP
+    assert source.pulled == source.n
+
+
+def test_max_tasks_active_bounds_the_items_read_ahead_of_a_decorated_imap() -> None:
+    source = _CountingInput(3000)
+    func = parallel(n_jobs=N_JOBS, start_method="fork", max_tasks_active=LIMIT)(helpers.identity)
+    try:
+        assert _largest_lead(iter(func.imap(source)), source) <= LIMIT + CHUNK_CAP
+    finally:
+        func.close()
+
+
+def test_max_tasks_active_counts_results_waiting_for_an_earlier_one() -> None:
+    # Ordered: while the first item is slow, later results wait in the parent; they count against the limit, or the
+    # parent would read (and hold) the whole input meanwhile.
+    source = _CountingInput(400)
+    with WorkerPool(N_JOBS, start_method="fork") as pool:
+        results = pool.imap(helpers.sleep_for, ((0.5 if i == 0 else 0.0) for i in source), max_tasks_active=LIMIT,
+                            chunk_size=1)
+        assert _largest_lead(results, source) <= LIMIT + 1
