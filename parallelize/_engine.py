@@ -24,10 +24,11 @@ from typing import Any
 
 from . import _validation as check
 from ._errors import ConfigError, TaskTimeoutError, WorkerDiedError
+from ._functions import FunctionRegistry
 from ._insights import InsightsCollector
 from ._job import Job
-from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
-from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
+from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, UnregisterFunc, WorkerExited, WorkerReady
+from ._serialize import describe_unpicklable, unpack_exception
 from ._worker import CLOCK_CANCEL, CLOCK_INDEX, CLOCK_START_NS, CLOCK_TAG, WorkerSpec
 from .backends import Backend, create_backend
 from .backends._base import Exited, Received
@@ -98,9 +99,7 @@ class Engine:
         self._job_ids = itertools.count()
         self._jobs: list[Job] = []
         self._incoming: list[Job] = []
-        self._functions: dict[int, Callable[..., Any]] = {}
-        self._func_ids: dict[int, int] = {}  # id(function) -> func_id; _functions keeps the function alive
-        self._func_payloads: dict[int, bytes] = {}
+        self._functions = FunctionRegistry()
         self._cv = threading.Condition()
         self._driving = False
         self._async_jobs: set[Job] = set()
@@ -130,13 +129,9 @@ class Engine:
         return next(self._job_ids)
 
     def function_id(self, func: Callable[..., Any]) -> int:
-        """A stable id for *func* in this engine; workers learn it at start (fork) or on first use."""
-        func_id = self._func_ids.get(id(func))
-        if func_id is None:
-            func_id = len(self._functions)
-            self._functions[func_id] = func
-            self._func_ids[id(func)] = func_id
-        return func_id
+        """The id of *func* in this engine, held for the job about to be made with it until that job ends (see
+        submit); workers learn it at start (fork) or on first use."""
+        return self._functions.acquire(func)
 
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
@@ -292,6 +287,7 @@ class Engine:
         self._dispatch()
 
     def _job_finished(self, job: Job) -> None:
+        self._functions.release(job.func_id)  # held since function_id() made it for this job
         if job.error is not None or job.cancelled:
             self._to_cancel.append(job)
 
@@ -306,6 +302,7 @@ class Engine:
                     self.backend.interrupt(slot.key)
 
     def _dispatch(self) -> None:
+        self._forget_functions()
         if self._stopping:
             self._send_stops()
             return
@@ -340,14 +337,19 @@ class Engine:
         lifespan = self.settings.worker_lifespan
         return lifespan is None or slot.n_assigned < lifespan
 
+    def _forget_functions(self) -> None:
+        """Tell the workers to drop the functions the registry dropped (no call uses them any more)."""
+        for func_id in self._functions.take_dropped():
+            for slot in self._slots:
+                if func_id in slot.known_funcs:
+                    slot.known_funcs.discard(func_id)
+                    if slot.key is not None and not slot.stop_sent and not slot.killed:
+                        self.backend.send(slot.key, UnregisterFunc(func_id))
+
     def _send_chunk(self, slot: _Slot, job: Job, chunk: RunChunk) -> None:
         assert slot.key is not None
         if chunk.func_id not in slot.known_funcs:
-            payload = self._func_payloads.get(chunk.func_id)
-            if payload is None:
-                payload = dumps_by_value(self._functions[chunk.func_id])
-                self._func_payloads[chunk.func_id] = payload
-            self.backend.send(slot.key, RegisterFunc(chunk.func_id, payload))
+            self.backend.send(slot.key, RegisterFunc(chunk.func_id, self._functions.payload(chunk.func_id)))
             slot.known_funcs.add(chunk.func_id)
         chunk = chunk._replace(tag=next(self._tags))
         try:
@@ -367,9 +369,10 @@ class Engine:
     def _start(self, slot: _Slot) -> None:
         settings = self.settings
         key = next(self._keys)
+        functions = self._functions.snapshot()
         spec = WorkerSpec(
             worker_id=slot.worker_id,
-            functions=dict(self._functions),
+            functions=functions,
             shared_objects=settings.shared_objects,
             pass_worker_id=settings.pass_worker_id,
             use_worker_state=settings.use_worker_state,
@@ -383,7 +386,7 @@ class Engine:
         )
         self.backend.start_worker(key, spec)
         fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key), started_at=time.monotonic(),
-                      known_funcs=set(self._functions))
+                      known_funcs=set(functions))
         self._slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 

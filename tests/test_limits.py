@@ -3,6 +3,8 @@ process starts, worker counts beyond what the system allows, and memory that mus
 
 from __future__ import annotations
 
+import functools
+import gc
 import math
 import os
 import re
@@ -18,6 +20,7 @@ import pytest
 import helpers
 from helpers import child_keys
 from parallelize import ConfigError, WorkerPool, parallel, show_config
+from parallelize._functions import IDLE_KEPT, FunctionRegistry
 
 THIRTY_DAYS = 30 * 24 * 3600.0
 NO_LIMITS = [THIRTY_DAYS, 1e10, 1e300, math.inf]
@@ -321,3 +324,74 @@ def test_max_tasks_active_counts_results_waiting_for_an_earlier_one() -> None:
         results = pool.imap(helpers.sleep_for, ((0.5 if i == 0 else 0.0) for i in source), max_tasks_active=LIMIT,
                             chunk_size=1)
         assert _largest_lead(results, source) <= LIMIT + 1
+
+
+# --- a kept-alive pool forgets functions no call uses ---------------------------------------------------------------
+
+
+class Ballast:
+    """Bound into each partial below: counting the live ones shows how many of those functions a process holds."""
+
+    def __init__(self) -> None:
+        self.data = bytes(100_000)
+
+
+def with_ballast(ballast: Ballast, x: int) -> int:
+    return x
+
+
+def live_ballasts(_: Any = None) -> int:
+    gc.collect()
+    return sum(type(obj) is Ballast for obj in gc.get_objects())
+
+
+@pytest.mark.parametrize("calls", ["map", "apply_async"])
+def test_kept_alive_pool_drops_functions_no_call_uses_in_parent_and_workers(calls: str) -> None:
+    # A fresh functools.partial per call: each was kept for ever, in the parent and in every worker.
+    with WorkerPool(2, start_method="fork", keep_alive=True) as pool:
+        for i in range(40):
+            func = functools.partial(with_ballast, Ballast())
+            if calls == "map":
+                assert pool.map(func, range(4)) == [0, 1, 2, 3]
+            else:
+                assert pool.apply_async(func, (i,)).get() == i
+            del func
+        held_by_workers = pool.map(live_ballasts, range(8), chunk_size=1)
+        held_here = live_ballasts()
+    # A few recent ones stay registered (IDLE_KEPT), so a function called again is not sent again; one more may be
+    # a copy a forked worker inherited from the parent's stack.
+    assert held_here <= IDLE_KEPT
+    assert max(held_by_workers) <= IDLE_KEPT + 1
+
+
+def test_a_function_called_again_is_not_sent_again_while_it_is_kept() -> None:
+    with WorkerPool(2, start_method="fork", keep_alive=True) as pool:
+        func = functools.partial(with_ballast, Ballast())
+        for _ in range(5):
+            assert pool.map(func, range(4)) == [0, 1, 2, 3]
+        engine = pool._engine
+        assert engine is not None
+        assert len(engine._functions) == 1  # registered once, however many calls used it
+
+
+def test_fresh_functions_never_run_a_dropped_one_whose_id_was_reused() -> None:
+    # After a function is dropped its memory (and so its id()) is reused by new objects: each call must still run
+    # its own function.
+    with WorkerPool(2, start_method="fork", keep_alive=True) as pool:
+        for i in range(60):
+            assert pool.map(functools.partial(helpers.add, i), [1, 2]) == [i + 1, i + 2]
+
+
+def test_a_registry_holds_what_running_calls_use_and_a_few_idle_ones() -> None:
+    registry = FunctionRegistry()
+    funcs = [functools.partial(helpers.add, i) for i in range(IDLE_KEPT + 5)]
+    held = [registry.acquire(func) for func in funcs]
+    assert registry.acquire(funcs[0]) == held[0]  # a second call using the same function
+    registry.release(held[0])
+    for func_id in held[1:]:
+        registry.release(func_id)
+    # funcs[0] is still held by one call; of the idle ones beyond the bound, the least recently used went.
+    assert registry.take_dropped() == held[1:5]
+    assert len(registry) == IDLE_KEPT + 1
+    assert registry.acquire(funcs[1]) not in held  # dropped: registered anew, under a new func_id
+    assert registry.take_dropped() == []
