@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
-from ._engine import Engine
+from ._engine import PREFETCH, Engine
 from ._errors import PoolClosedError
 from ._frames import drop_library_frames, raises_job_errors
 from ._job import Job
@@ -30,7 +30,9 @@ def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: 
     array is an iterable like any other: one task per row.
     """
     n_tasks = known_length(iterable, iterable_len)
-    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits)
+    # With a cap on tasks in flight, automatic chunks stay small enough for every worker to have its queue full.
+    max_size = None if max_tasks_active is None else max_tasks_active // (n_jobs * PREFETCH)
+    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits, max_size)
     # As MPIRE: iterable_len caps how many items are read.
     if split_arrays and is_numpy_array(iterable):
         chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, iterable_len)

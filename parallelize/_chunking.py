@@ -5,6 +5,7 @@ Sizes, when the user does not set them:
   below length / (64 * n_jobs)), so there are few chunks yet the last ones are small enough to keep every worker
   busy to the end;
 - length unknown: adaptive, starting at one item and doubling while a chunk takes less than ~25 ms.
+Both stay at or below max_size when the caller bounds the tasks in flight (max_tasks_active).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ def known_length(iterable: Iterable[Any], iterable_len: int | None) -> int | Non
 class ChunkSizer:
     """Decides the size of each next chunk."""
 
-    def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None):
+    def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None,
+                 max_size: int | None = None):
         self._fixed: float | None = None  # may be fractional: chunk k ends at ceil(k * size), as in MPIRE
         self._chunks_cut = 0
         self._guided_floor = 1
         self._remaining = n_tasks
         self._n_jobs = max(1, n_jobs)
+        self._cap = None if max_size is None else max(1, max_size)  # of automatic sizes only: a given size is kept
         self.adaptive = False
         if chunk_size is not None:
             self._fixed = max(1.0, float(chunk_size))
@@ -67,7 +70,8 @@ class ChunkSizer:
         if self.adaptive:
             return self._size
         assert self._remaining is not None
-        return max(self._guided_floor, math.ceil(self._remaining / (4 * self._n_jobs)))
+        size = max(self._guided_floor, math.ceil(self._remaining / (4 * self._n_jobs)))
+        return size if self._cap is None else min(size, self._cap)
 
     def taken(self, n: int) -> None:
         self._chunks_cut += 1
@@ -79,7 +83,7 @@ class ChunkSizer:
         if not self.adaptive or n_items < self._size:
             return
         if duration < ADAPTIVE_TARGET_SECONDS / 2:
-            self._size = min(self._size * 2, ADAPTIVE_MAX_SIZE)
+            self._size = min(self._size * 2, ADAPTIVE_MAX_SIZE if self._cap is None else self._cap)
 
 
 def iter_chunks(iterable: Iterable[Any], sizer: ChunkSizer, limit: int | None) -> Iterator[list[Any]]:

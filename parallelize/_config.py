@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import math
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ BACKENDS = ("process", "thread", "serial")
 ON_ERROR = ("raise", "return", "skip")
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
                  "g": 2**30, "gb": 10**9, "gib": 2**30}
+_MAX_MEMORY = 2**63 - 1
 
 
 def _default_start_method() -> str:
@@ -34,14 +34,6 @@ def _default_start_method() -> str:
 
 def _positive_int(name: str, value: Any) -> Any:
     return check.positive_int(name, value)
-
-
-def _chunk_size(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
-    return value
 
 
 def _timeout(name: str, value: Any) -> Any:
@@ -85,27 +77,32 @@ def _non_negative_int(name: str, value: Any) -> Any:
     return value
 
 
-def _non_negative_seconds(name: str, value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
-        raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
 def _memory(name: str, value: Any) -> Any:
     """Bytes as an int, or a string with a unit: "512MiB", "2GB", "1.5g"."""
     if value is None:
         return None
+    size = value
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(number):]
         try:
-            value = int(float(number) * _MEMORY_UNITS[unit])
+            size = float(number) * _MEMORY_UNITS[unit]
         except (ValueError, KeyError):
             raise ConfigError(f"{name} must be a number of bytes or a size like '512MiB' or '2GB', "
                               f"got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    elif isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be a positive number of bytes or a size like '512MiB', got {value!r}")
+    if not 1 <= size <= _MAX_MEMORY:  # also catches nan and inf ("1e999GB")
+        raise ConfigError(f"{name} must be from 1 byte to 8 EiB (2**63 - 1 bytes, the most a process can "
+                          f"address), got {value!r}")
+    return int(size)
+
+
+def _cpu_ids(name: str, value: Any) -> Any:
+    """Checked now for what does not depend on n_jobs (at decoration time); the count per worker at the call."""
+    if value is not None:
+        check.cpu_sets(name, value)
     return value
 
 
@@ -124,7 +121,7 @@ OPTIONS: dict[str, _Option] = {
     "n_jobs": _Option(None, check.n_jobs_value, _env.parse_int),
     "backend": _Option("process", _choice(BACKENDS), _env.parse_str),
     "start_method": _Option(None, _start_method, _env.parse_str),
-    "chunk_size": _Option(None, _chunk_size, _env.parse_chunk_size),
+    "chunk_size": _Option(None, check.chunk_size, _env.parse_chunk_size),
     "n_splits": _Option(None, _positive_int, _env.parse_int),
     "max_tasks_active": _Option(None, _positive_int, _env.parse_int),
     "worker_lifespan": _Option(None, _positive_int, _env.parse_int),
@@ -136,7 +133,7 @@ OPTIONS: dict[str, _Option] = {
     "progress_bar_style": _Option(None, _choice(STYLES), _env.parse_str),
     "on_error": _Option("raise", _choice(ON_ERROR), _env.parse_str),
     "retries": _Option(0, _non_negative_int, _env.parse_int),
-    "retry_backoff": _Option(0.0, _non_negative_seconds, _env.parse_float),
+    "retry_backoff": _Option(0.0, check.backoff, _env.parse_float),
     "max_worker_memory": _Option(None, _memory, _env.parse_str),
     "enable_insights": _Option(False, _flag, _env.parse_bool),
     "daemon": _Option(True, _flag, _env.parse_bool),
@@ -145,7 +142,7 @@ OPTIONS: dict[str, _Option] = {
     "pass_worker_id": _Option(False, _flag),
     "worker_state": _Option(False, _flag),
     "shared_objects": _Option(None, _anything),
-    "cpu_ids": _Option(None, _anything),
+    "cpu_ids": _Option(None, _cpu_ids),
     "worker_init": _Option(None, _callable_or_none),
     "worker_exit": _Option(None, _callable_or_none),
 }

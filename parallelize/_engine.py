@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _clock
+from . import _validation as check
 from ._errors import ConfigError, PoolClosedError, ResultPicklingError, TaskTimeoutError, WorkerDiedError
+from ._functions import FunctionRegistry
 from ._insights import InsightsCollector
 from ._job import Job
-from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, Undecodable, WorkerExited, WorkerReady
-from ._serialize import TaskFailure, describe_unpicklable, dumps_by_value, loads, pack_exception, unpack_exception
+from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, Undecodable, UnregisterFunc, WorkerExited, WorkerReady
+from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception, unpack_exception
 from ._sigint import SigintHold
 from ._worker import WorkerSpec
 from .backends import Backend, create_backend
@@ -42,6 +44,9 @@ KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
 # Seconds an interrupted task or hook (timeout, cancelled job) gets to unwind before its worker is killed: enough
 # for Python code to run its finally blocks, short enough that a task stuck in C code does not hold the pool.
 INTERRUPT_GRACE = 1.0
+# The longest the loop blocks in one go. A far deadline (a timeout of years) is reached by waking up again:
+# epoll takes at most ~24.8 days and a lock at most threading.TIMEOUT_MAX, anything longer raises OverflowError.
+MAX_WAIT = 86400.0
 
 
 class Due(enum.Enum):
@@ -114,6 +119,7 @@ class _Slot:
 
 class Engine:
     def __init__(self, settings: WorkerSettings) -> None:
+        check.worker_limits(settings.n_jobs, settings.start_method)  # before anything is made for the workers
         self.settings = settings
         self.backend: Backend = create_backend(settings.start_method, daemon=settings.daemon)
         self._slots = [_Slot(i) for i in range(settings.n_jobs)]
@@ -122,9 +128,7 @@ class Engine:
         self._job_ids = itertools.count()
         self._jobs: list[Job] = []
         self._incoming: list[Job] = []
-        self._functions: dict[int, Callable[..., Any]] = {}
-        self._func_ids: dict[int, int] = {}  # id(function) -> func_id; _functions keeps the function alive
-        self._func_payloads: dict[int, bytes] = {}
+        self._functions = FunctionRegistry()
         self._cv = threading.Condition()
         self._driving = False
         self._async_jobs: set[Job] = set()
@@ -154,13 +158,9 @@ class Engine:
         return next(self._job_ids)
 
     def function_id(self, func: Callable[..., Any]) -> int:
-        """A stable id for *func* in this engine; workers learn it at start (fork) or on first use."""
-        func_id = self._func_ids.get(id(func))
-        if func_id is None:
-            func_id = len(self._functions)
-            self._functions[func_id] = func
-            self._func_ids[id(func)] = func_id
-        return func_id
+        """The id of *func* in this engine, held for the job about to be made with it until that job ends (see
+        submit); workers learn it at start (fork) or on first use."""
+        return self._functions.acquire(func)
 
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
@@ -211,7 +211,7 @@ class Engine:
                     if not self._driving and not self._handover:
                         self._driving = True
                         break
-                    self._cv.wait(remaining)
+                    self._cv.wait(None if remaining is None else min(remaining, MAX_WAIT))
             try:
                 self._step(remaining)
             except BaseException as exc:
@@ -341,9 +341,11 @@ class Engine:
         self._dispatch()
         self._next_deadline = self._nearest_deadline()
         wait = None if self._next_deadline is None else max(0.0, self._next_deadline - time.monotonic())
+        if any(job.finished for job in self._jobs):
+            wait = 0.0  # one ended while dispatching (its input ran out): its caller must not wait for an event
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
-        for event in self.backend.wait(wait):
+        for event in self.backend.wait(None if wait is None else min(wait, MAX_WAIT)):
             if type(event) is Received:
                 self._on_message(event.key, event.message)
             else:
@@ -359,6 +361,7 @@ class Engine:
         self._dispatch()
 
     def _job_finished(self, job: Job) -> None:
+        self._functions.release(job.func_id)  # held since function_id() made it for this job
         if job.error is not None or job.cancelled:
             self._to_cancel.append(job)
 
@@ -384,6 +387,7 @@ class Engine:
                                                     None)
 
     def _dispatch(self) -> None:
+        self._forget_functions()
         if self._stopping:
             self._send_stops()
             return
@@ -418,14 +422,19 @@ class Engine:
         lifespan = self.settings.worker_lifespan
         return lifespan is None or slot.n_assigned < lifespan
 
+    def _forget_functions(self) -> None:
+        """Tell the workers to drop the functions the registry dropped (no call uses them any more)."""
+        for func_id in self._functions.take_dropped():
+            for slot in self._slots:
+                if func_id in slot.known_funcs:
+                    slot.known_funcs.discard(func_id)
+                    if slot.key is not None and not slot.stop_sent and not slot.killed:
+                        self.backend.send(slot.key, UnregisterFunc(func_id))
+
     def _send_chunk(self, slot: _Slot, job: Job, chunk: RunChunk) -> None:
         assert slot.key is not None
         if chunk.func_id not in slot.known_funcs:
-            payload = self._func_payloads.get(chunk.func_id)
-            if payload is None:
-                payload = dumps_by_value(self._functions[chunk.func_id])
-                self._func_payloads[chunk.func_id] = payload
-            self.backend.send(slot.key, RegisterFunc(chunk.func_id, payload))
+            self.backend.send(slot.key, RegisterFunc(chunk.func_id, self._functions.payload(chunk.func_id)))
             slot.known_funcs.add(chunk.func_id)
         chunk = chunk._replace(tag=next(self._tags))
         try:
@@ -458,9 +467,10 @@ class Engine:
     def _start(self, slot: _Slot) -> None:
         settings = self.settings
         key = next(self._keys)
+        functions = self._functions.snapshot()
         spec = WorkerSpec(
             worker_id=slot.worker_id,
-            functions=dict(self._functions),
+            functions=functions,
             shared_objects=settings.shared_objects,
             pass_worker_id=settings.pass_worker_id,
             use_worker_state=settings.use_worker_state,
@@ -474,7 +484,7 @@ class Engine:
         )
         self.backend.start_worker(key, spec)
         fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key),
-                      known_funcs=set(self._functions), init_timeout=self._hook_timeout(Due.INIT))
+                      known_funcs=set(functions), init_timeout=self._hook_timeout(Due.INIT))
         self._slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 

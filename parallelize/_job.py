@@ -91,6 +91,7 @@ class Job:
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
+        self._unconsumed = 0  # items read from the input whose results the caller has not taken (max_active)
         self.error: BaseException | None = None
         self.cancelled = False
         self.progress_listeners: list[Callable[[int], None]] = []
@@ -119,7 +120,8 @@ class Job:
         else:
             if self.exhausted:
                 return None
-            if self.max_active is not None and self.n_active_chunks and self.n_active_tasks >= self.max_active:
+            if self.max_active is not None and self._unconsumed >= self.max_active:
+                # Results waiting to be taken count too: in flight, reordering or ready, they are all held here.
                 return None
             try:
                 items = next(self._chunks)
@@ -136,6 +138,7 @@ class Job:
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
+            self._unconsumed += len(items)
         self.n_active_chunks += 1
         self.n_active_tasks += len(chunk.items)
         return chunk
@@ -232,6 +235,7 @@ class Job:
             out = []
             while self._ready:
                 out.extend(self._ready.popleft())
+        self._unconsumed -= len(out)
         self._handed_out = out
         return out
 
@@ -252,7 +256,7 @@ class Job:
             self._attempts[index] = attempts + 1
             retry = chunk._replace(items=chunk.items[position:position + 1], start=index)
             self._partial(chunk)  # the retry's result fills its place
-            delay = self.retry_backoff * (2 ** attempts)
+            delay = self.retry_backoff * 2.0 ** min(attempts, 1023)  # 2.0**1024 overflows; inf is a fine delay
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_seq), retry))
             return
         if self.on_error == "return":
@@ -281,6 +285,7 @@ class Job:
 
     def _chunk_done(self, chunk_id: int, values: list[Any]) -> None:
         _, size = self._sizes.pop(chunk_id)
+        self._unconsumed -= size - len(values)  # skipped items: nothing to take
         if self.ordered:
             self._completed[chunk_id] = values
             while self._emit_next in self._completed:

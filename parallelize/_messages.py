@@ -1,6 +1,6 @@
 """The records that travel between the parent and its workers. Small, frozen, cheap to pickle.
 
-Parent → worker: RegisterFunc, RunChunk, STOP.
+Parent → worker: RegisterFunc, UnregisterFunc, RunChunk, STOP.
 Worker → parent: WorkerReady, ChunkDone, WorkerExited.
 A chunk is the unit of dispatch: the parent does its bookkeeping per chunk, never per task.
 """
@@ -22,6 +22,12 @@ class RegisterFunc(NamedTuple):
 
     func_id: int
     payload: bytes
+
+
+class UnregisterFunc(NamedTuple):
+    """Forget a function no call uses any more; its func_id is never used again."""
+
+    func_id: int
 
 
 class RunChunk(NamedTuple):

@@ -30,6 +30,7 @@ from ._messages import (
     RegisterFunc,
     RunChunk,
     Stop,
+    UnregisterFunc,
     WorkerExited,
     WorkerReady,
     WorkerStats,
@@ -205,13 +206,14 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     if init_failure is not None:
         return
 
-    functions: dict[int, Callable[..., Any]] = {}
+    # This worker's own copy of the registry (made for it when it started), kept in step by the parent's messages.
+    functions = spec.functions
     bound: dict[int, Callable[..., Any]] = {}
 
     def lookup(func_id: int) -> Callable[..., Any]:
         func = bound.get(func_id)
         if func is None:
-            plain = functions.get(func_id) or spec.functions[func_id]
+            plain = functions[func_id]
             # A registered object may name the callable to run instead of itself (a bound decorated method).
             plain = getattr(plain, "parallelize_callable", plain)
             func = functools.partial(plain, *prefix) if prefix else plain
@@ -248,6 +250,9 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
             clock[_clock.TAG] = 0  # only now: a death while sending names this chunk (see Engine._on_exit)
         elif type(message) is RegisterFunc:
             functions[message.func_id] = loads(message.payload)
+            bound.pop(message.func_id, None)
+        elif type(message) is UnregisterFunc:
+            del functions[message.func_id]
             bound.pop(message.func_id, None)
         elif type(message) is Stop:
             break

@@ -64,7 +64,7 @@ class AsyncResult:
         return self._job.error is None and not self._job.cancelled
 
     def wait(self, timeout: float | None = None) -> None:
-        self._engine.drive(self._job.done_event.is_set, timeout)
+        self._engine.drive(self._job.done_event.is_set, check.wait_timeout("timeout", timeout))
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -203,7 +203,7 @@ class WorkerPool:
             raise TypeError(f"func must be callable, got {func!r}")
         iterable_len = check.positive_int("iterable_len", iterable_len) if iterable_len != 0 else 0
         check.positive_int("max_tasks_active", max_tasks_active)
-        _check_chunk_size(chunk_size)
+        check.chunk_size("chunk_size", chunk_size)
         check.positive_int("n_splits", n_splits)
         check.positive_int("worker_lifespan", worker_lifespan)
         check.flag("progress_bar", progress_bar)
@@ -402,15 +402,6 @@ class WorkerPool:
     def _remember_insights(self, engine: Engine) -> None:
         if engine.insights is not None:
             self._last_insights = engine.insights
-
-
-def _check_chunk_size(chunk_size: Any) -> None:
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | float) or not chunk_size > 0:
-        from ._errors import ConfigError
-
-        raise ConfigError(f"chunk_size must be a positive number or None, got {chunk_size!r}")
 
 
 def _context(start_method: str) -> Any:
