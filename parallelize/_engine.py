@@ -280,29 +280,39 @@ class Engine:
     def cancel(self, job: Job, *, settle: bool = False) -> None:
         """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted.
 
-        With *settle* (the caller was interrupted, by Ctrl-C, say, and may be about to exit), also wait until no
-        worker runs a chunk of it any more: answered, or its worker killed after INTERRUPT_GRACE, so nothing of
-        this call is left running and no kill is left for interpreter exit.
+        Without *settle* this never waits: it sends the interruptions itself when nobody drives the loop, else
+        leaves them to the driver. (It often runs in a generator's finally block during garbage collection, where
+        a Ctrl-C arriving while it waited would be lost.) With *settle* (the caller was interrupted, by Ctrl-C,
+        say, and may be about to exit) it waits until no worker runs a chunk of the job any more: answered, or its
+        worker killed after INTERRUPT_GRACE, so nothing of this call is left running and no kill is left for
+        interpreter exit.
         """
         job.cancel()
-        self.backend.wakeup()
         if self.closed:
+            return
+        if not settle:
+            with self._cv:
+                if self._driving or self._handover:
+                    self.backend.wakeup()  # the driver sends the interruptions at its next step
+                    return
+                self._driving = True
+            try:
+                self._interrupt_cancelled()
+            finally:
+                self._release_driver()
             return
 
         def settled() -> bool:
             if job in self._to_cancel:
                 return False  # the interruption has not reached the workers yet
-            return not settle or not any(j is job for slot in self._slots for j, _ in slot.inflight)
+            return not any(j is job for slot in self._slots for j, _ in slot.inflight)
 
-        # Become the driver for a moment if nobody is. A second Ctrl-C meanwhile does not stop this short cleanup
-        # (the caller is ending with the first one already).
-        deadline = time.monotonic() + (INTERRUPT_GRACE + 2 * KILL_GRACE if settle else 1.0)
+        # A second Ctrl-C meanwhile does not stop this short cleanup: the caller is ending with the first already.
+        deadline = time.monotonic() + INTERRUPT_GRACE + 2 * KILL_GRACE
         while True:
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 self.drive(settled, timeout=max(0.0, deadline - time.monotonic()))
                 return  # settled, out of time, or the engine closed
-            except KeyboardInterrupt:
-                continue
 
     def abort(self, cause: BaseException) -> None:
         """After an interruption: end every worker at once. A second Ctrl-C does not stop the cleanup."""
@@ -375,9 +385,11 @@ class Engine:
             for slot in self._slots:
                 if slot.key is None or slot.killed or not any(j is job for j, _ in slot.inflight):
                     continue
-                # (a worker still starting has the signal blocked until its handler is installed)
                 clock = self.backend.clock(slot.key)
                 clock[_clock.CANCEL] = _clock.cancel_mark(job.id)
+                if not slot.ready:
+                    continue  # runs nothing yet, and may not handle the signal yet (a forkserver child): the mark
+                    # on its clock makes it skip the job's chunks
                 self.backend.interrupt(slot.key)
                 running = clock[_clock.TAG]
                 if (self.backend.supports_interrupt and slot.interrupted is None

@@ -237,7 +237,7 @@ def test_error_of_the_input_iterable_keeps_its_own_frames_only() -> None:
 def test_an_error_of_the_library_itself_keeps_every_frame() -> None:
     with pytest.raises(parallelize.ConfigError) as raised:
         dh.cube([1], chunk_size=0)
-    assert "_config.py:_chunk_size" in library_frames(raised.value)
+    assert "_validation.py:chunk_size" in library_frames(raised.value)
 
 
 # --- a script without `if __name__ == "__main__":` under spawn / forkserver ------------------------------------------
