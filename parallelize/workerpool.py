@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -407,9 +408,27 @@ def _check_chunk_size(chunk_size: Any) -> None:
         raise ConfigError(f"chunk_size must be a positive number or None, got {chunk_size!r}")
 
 
+class ThreadingContext:
+    """``pool.ctx`` under start_method="threading", as in MPIRE: threading's primitives for events, locks and
+    barriers, and multiprocessing's ``Value``, ``Array``, ``JoinableQueue`` and ``Process``. Those are thread-safe
+    too, and a ``Value`` or ``Array`` has ``get_lock()``, which code written for process pools calls."""
+
+    Barrier = threading.Barrier
+    BoundedSemaphore = threading.BoundedSemaphore
+    Condition = threading.Condition
+    Event = threading.Event
+    Lock = threading.Lock
+    RLock = threading.RLock
+    Semaphore = threading.Semaphore
+    Thread = threading.Thread
+    Queue = queue.Queue
+    Array = staticmethod(multiprocessing.Array)
+    JoinableQueue = staticmethod(multiprocessing.JoinableQueue)
+    Process = multiprocessing.Process
+    Value = staticmethod(multiprocessing.Value)
+
+
 def _context(start_method: str) -> Any:
     if start_method == "threading":
-        from multiprocessing import dummy
-
-        return dummy
+        return ThreadingContext
     return multiprocessing.get_context(start_method)
