@@ -422,10 +422,10 @@ class ThreadingContext:
     Semaphore = threading.Semaphore
     Thread = threading.Thread
     Queue = queue.Queue
-    Array = staticmethod(multiprocessing.Array)
-    JoinableQueue = staticmethod(multiprocessing.JoinableQueue)
+    Array = multiprocessing.Array
+    JoinableQueue = multiprocessing.JoinableQueue
     Process = multiprocessing.Process
-    Value = staticmethod(multiprocessing.Value)
+    Value = multiprocessing.Value
 
 
 def _context(start_method: str) -> Any:
