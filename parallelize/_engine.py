@@ -19,13 +19,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from ._insights import InsightsCollector
 from ._job import Job
-from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, WorkerExited, WorkerReady
+from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, SetHooks, WorkerExited, WorkerReady
 from ._serialize import describe_unpicklable, dumps_by_value, unpack_exception
 from ._worker import CLOCK_CANCEL, CLOCK_INDEX, CLOCK_START_NS, CLOCK_TAG, WorkerSpec
 from .backends import Backend, create_backend
@@ -75,6 +75,7 @@ class _Slot:
     inflight: deque[tuple[Job, RunChunk]] = field(default_factory=deque)
     n_assigned: int = 0
     known_funcs: set[int] = field(default_factory=set)
+    init_hook: Callable[..., Any] | None = None  # the worker_init this worker runs or ran (it runs at most one)
     stop_sent: bool = False
     init_failed: bool = False
     exited_cleanly: bool = False
@@ -132,6 +133,36 @@ class Engine:
             self._functions[func_id] = func
             self._func_ids[id(func)] = func_id
         return func_id
+
+    def update_hooks(self, worker_init: Callable[..., Any] | None, worker_exit: Callable[..., Any] | None,
+                     worker_lifespan: int | None) -> int:
+        """Give the live workers, and those started from now on, new hooks and a new lifespan, keeping the workers
+        and their state (MPIRE's keep_alive). A live worker runs the new worker_init only if it has run none, and
+        the new worker_exit when it ends; its lifespan counts every task it has run. Returns how many live
+        workers were told."""
+        n_live = 0
+        with self._exclusive():
+            self.settings = replace(self.settings, worker_init=worker_init, worker_exit=worker_exit,
+                                    worker_lifespan=worker_lifespan)
+            init_id = None if worker_init is None else self.function_id(worker_init)
+            exit_id = None if worker_exit is None else self.function_id(worker_exit)
+            message = SetHooks(init_id, exit_id, worker_lifespan)
+            for slot in self._slots:
+                if slot.key is None or slot.stop_sent or slot.killed or slot.init_failed:
+                    continue  # no worker, or one that is ending
+                for func_id in (init_id, exit_id):
+                    if func_id is not None:
+                        self._teach(slot, func_id)
+                self.backend.send(slot.key, message)
+                n_live += 1
+                if worker_init is not None and slot.init_hook is None:
+                    slot.init_hook = worker_init
+                    if not slot.inflight:
+                        # It runs the hook now, so worker_init_timeout counts from now, as for a new worker.
+                        # (Behind chunks already queued, the hook starts at an unknown time: no deadline then.)
+                        slot.ready, slot.started_at = False, time.monotonic()
+        self.backend.wakeup()
+        return n_live
 
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
@@ -333,15 +364,20 @@ class Engine:
         lifespan = self.settings.worker_lifespan
         return lifespan is None or slot.n_assigned < lifespan
 
+    def _teach(self, slot: _Slot, func_id: int) -> None:
+        """Send the worker in *slot* a function it does not know yet."""
+        assert slot.key is not None
+        if func_id not in slot.known_funcs:
+            payload = self._func_payloads.get(func_id)
+            if payload is None:
+                payload = dumps_by_value(self._functions[func_id])
+                self._func_payloads[func_id] = payload
+            self.backend.send(slot.key, RegisterFunc(func_id, payload))
+            slot.known_funcs.add(func_id)
+
     def _send_chunk(self, slot: _Slot, job: Job, chunk: RunChunk) -> None:
         assert slot.key is not None
-        if chunk.func_id not in slot.known_funcs:
-            payload = self._func_payloads.get(chunk.func_id)
-            if payload is None:
-                payload = dumps_by_value(self._functions[chunk.func_id])
-                self._func_payloads[chunk.func_id] = payload
-            self.backend.send(slot.key, RegisterFunc(chunk.func_id, payload))
-            slot.known_funcs.add(chunk.func_id)
+        self._teach(slot, chunk.func_id)
         chunk = chunk._replace(tag=next(self._tags))
         try:
             self.backend.send(slot.key, chunk)
@@ -376,7 +412,7 @@ class Engine:
         )
         self.backend.start_worker(key, spec)
         fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key), started_at=time.monotonic(),
-                      known_funcs=set(self._functions))
+                      known_funcs=set(self._functions), init_hook=settings.worker_init)
         self._slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 
@@ -420,7 +456,14 @@ class Engine:
                 self.insights.started(slot.worker_id, message.start_up_time, message.init_time)
             if message.failure is not None:
                 slot.init_failed = True
-                self._fail_all(unpack_exception(message.failure))
+                error = unpack_exception(message.failure)
+                if slot.init_hook is self.settings.worker_init:
+                    self._fail_all(error)
+                else:
+                    # A hook that a later call has replaced (the call that gave it has failed already, or has
+                    # finished on other workers): it is no reason to fail the calls running now.
+                    logger.warning("worker %d (pid %s): an earlier worker_init raised %r; a new worker takes its "
+                                   "place", slot.worker_id, slot.pid, error)
         elif kind is WorkerExited:
             slot.exited_cleanly = True
             if message.reason == "memory" and not slot.answered:
@@ -432,7 +475,7 @@ class Engine:
                 logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
                                "restarted", slot.worker_id, slot.pid, message.rss / 2**20,
                                (self.settings.max_worker_memory or 0) / 2**20)
-            if self.settings.worker_exit is not None:
+            if message.ran_exit:
                 self.exit_results.append(message.exit_result)
             if self.insights is not None:
                 self.insights.exited(slot.worker_id, key, message.exit_time, message.stats)

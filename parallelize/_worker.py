@@ -27,6 +27,7 @@ from ._messages import (
     ChunkDone,
     RegisterFunc,
     RunChunk,
+    SetHooks,
     Stop,
     WorkerExited,
     WorkerReady,
@@ -76,7 +77,8 @@ class ChunkCancelled(BaseException):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs for its whole life. Changing any of it means starting new workers."""
+    """Everything a worker needs for its whole life. Changing any of it means starting new workers, except the
+    hooks and the lifespan, which a SetHooks message replaces."""
 
     worker_id: int
     functions: dict[int, Callable[..., Any]] = field(default_factory=dict)
@@ -170,27 +172,23 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         prefix.append({})
     insights = _Insights() if spec.insights else None
 
-    init_failure: TaskFailure | None = None
-    init_time = 0.0
-    if spec.worker_init is not None:
-        t0 = time.perf_counter()
-        try:
-            spec.worker_init(*prefix)
-        except BaseException as exc:  # reported to the parent, which decides; the worker cannot go on
-            init_failure = pack_exception(exc)
-        init_time = time.perf_counter() - t0
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
-    channel.send(WorkerReady(spec.worker_id, _pid(), start_up, init_time, init_failure))
-    if init_failure is not None:
+    if not _initialise(spec.worker_init, prefix, channel, spec.worker_id, start_up):
         return
+    init_ran = spec.worker_init is not None
+    worker_exit = spec.worker_exit
+    lifespan = spec.lifespan
 
     functions: dict[int, Callable[..., Any]] = {}
     bound: dict[int, Callable[..., Any]] = {}
 
+    def known(func_id: int) -> Callable[..., Any]:
+        return functions.get(func_id) or spec.functions[func_id]
+
     def lookup(func_id: int) -> Callable[..., Any]:
         func = bound.get(func_id)
         if func is None:
-            plain = functions.get(func_id) or spec.functions[func_id]
+            plain = known(func_id)
             # A registered object may name the callable to run instead of itself (a bound decorated method).
             plain = getattr(plain, "parallelize_callable", plain)
             func = functools.partial(plain, *prefix) if prefix else plain
@@ -202,7 +200,7 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     rss = 0  # see _rss
     next_memory_check = 0.0
     while True:
-        if spec.lifespan is not None and n_done >= spec.lifespan:
+        if lifespan is not None and n_done >= lifespan:
             reason = "lifespan"
             break
         if spec.max_memory is not None and time.monotonic() >= next_memory_check:
@@ -226,6 +224,13 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         elif type(message) is RegisterFunc:
             functions[message.func_id] = loads(message.payload)
             bound.pop(message.func_id, None)
+        elif type(message) is SetHooks:
+            worker_exit = None if message.exit_id is None else known(message.exit_id)
+            lifespan = message.lifespan
+            if message.init_id is not None and not init_ran:
+                init_ran = True
+                if not _initialise(known(message.init_id), prefix, channel, spec.worker_id, 0.0):
+                    return
         elif type(message) is Stop:
             break
         else:  # a programming error in the parent; fail loudly rather than guess
@@ -234,19 +239,36 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     exit_result: Any = None
     exit_failure: TaskFailure | None = None
     exit_time = 0.0
-    if spec.worker_exit is not None:
+    if worker_exit is not None:
         t0 = time.perf_counter()
         try:
-            exit_result = spec.worker_exit(*prefix)
+            exit_result = worker_exit(*prefix)
         except BaseException as exc:
             exit_failure = pack_exception(exc)
         exit_time = time.perf_counter() - t0
     stats = insights.snapshot() if insights is not None else None
+    ran_exit = worker_exit is not None
     try:
-        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss))
+        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss, ran_exit))
     except ResultUnpicklable as exc:
         failure = pack_exception(exc)
-        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss))
+        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss, ran_exit))
+
+
+def _initialise(worker_init: Callable[..., Any] | None, prefix: list[Any], channel: Channel, worker_id: int,
+                start_up: float) -> bool:
+    """Run the init hook, if any, and report WorkerReady; False if the hook raised (the worker must end)."""
+    failure: TaskFailure | None = None
+    init_time = 0.0
+    if worker_init is not None:
+        t0 = time.perf_counter()
+        try:
+            worker_init(*prefix)
+        except BaseException as exc:  # reported to the parent, which decides; the worker cannot go on
+            failure = pack_exception(exc)
+        init_time = time.perf_counter() - t0
+    channel.send(WorkerReady(worker_id, _pid(), start_up, init_time, failure))
+    return failure is None
 
 
 def _run_chunk(

@@ -10,8 +10,13 @@ import contextlib
 import logging
 import multiprocessing
 import queue
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import _validation as check
@@ -120,7 +125,10 @@ class WorkerPool:
         self._pass_worker_id = check.flag("pass_on", pass_on)
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
-        self._shared_objects = shared_objects
+        # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
+        # (numpy arrays) count as changed unless they are the same object.
+        if shared_objects is not self._shared_objects and not _equal(shared_objects, self._shared_objects):
+            self._shared_objects = shared_objects
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
         self._use_worker_state = check.flag("use_worker_state", use_worker_state)
@@ -225,7 +233,7 @@ class WorkerPool:
                  exit_timeout: float | None, progress_bar: bool, progress_bar_options: dict[str, Any] | None,
                  progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
         with self._lock:
-            engine = self._engine_for(settings)
+            engine = self._engine_for(settings, change_hooks=True)
             engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
             job = self._make_job(engine, func, iterable, ordered, iterable_len, max_tasks_active, chunk_size,
                                  n_splits, task_timeout)
@@ -283,7 +291,7 @@ class WorkerPool:
         exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
         settings = self._settings(worker_init, worker_exit, None)
         with self._lock:
-            engine = self._engine_for(settings)
+            engine = self._engine_for(settings, change_hooks=False)
             engine.worker_init_timeout, engine.worker_exit_timeout = init_timeout, exit_timeout
             job = apply_job(engine, func, args, kwargs or {}, task_timeout)
             result = AsyncResult(engine, job, callback, error_callback)
@@ -363,20 +371,53 @@ class WorkerPool:
             worker_lifespan=worker_lifespan, insights=self._enable_insights,
         )
 
-    def _engine_for(self, settings: WorkerSettings) -> Engine:
+    def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Engine:
+        """The running workers if they fit *settings*, else new ones.
+
+        As in MPIRE, live workers are kept (with their state) whatever the call's hooks and lifespan: a map hands
+        its own to them (*change_hooks*), an apply keeps theirs. Only a setter that changed what every call
+        receives (pass_on_worker_id, set_shared_objects, set_use_worker_state) needs new workers.
+        """
         if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
             raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
                                 "iterator before starting another map (the running one is left untouched)")
         engine = self._engine
-        if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
-            logger.debug("WorkerPool: worker settings changed, starting new workers")
-            self._engine = None
-            engine.wait_async_jobs()
-            self._stop_engine(engine)
-            engine = None
+        if engine is not None:
+            current = engine.settings
+            same_processes = current.same_workers(replace(
+                settings, worker_init=current.worker_init, worker_exit=current.worker_exit,
+                worker_lifespan=current.worker_lifespan))
+            if not engine.usable or not same_processes:
+                if engine.usable:
+                    logger.warning("WorkerPool: pass_worker_id, shared_objects or use_worker_state changed while "
+                                   "workers were alive; starting new workers")
+                self._engine = None
+                engine.wait_async_jobs()
+                self._stop_engine(engine)
+                engine = None
+            else:
+                self._keep_workers(engine, settings, change_hooks)
         if engine is None:
             engine = self._engine = Engine(settings)
         return engine
+
+    def _keep_workers(self, engine: Engine, settings: WorkerSettings, change_hooks: bool) -> None:
+        current = engine.settings
+        hooks_changed = (settings.worker_init, settings.worker_exit) != (current.worker_init, current.worker_exit)
+        if not change_hooks:
+            if hooks_changed and (settings.worker_init is not None or settings.worker_exit is not None):
+                warnings.warn("apply/apply_async: the workers are running already, so the worker_init and "
+                              "worker_exit given here are not used (the running workers keep theirs)",
+                              RuntimeWarning, stacklevel=_user_stacklevel())
+            return
+        if not hooks_changed and settings.worker_lifespan == current.worker_lifespan:
+            return
+        n_live = engine.update_hooks(settings.worker_init, settings.worker_exit, settings.worker_lifespan)
+        if hooks_changed and n_live:
+            warnings.warn("worker_init/worker_exit changed while the workers are alive: they keep running with "
+                          "their state; a new worker_init runs only in a worker that has run none yet, and the "
+                          "latest worker_exit runs when the workers stop", RuntimeWarning,
+                          stacklevel=_user_stacklevel())
 
     def _after_call(self, engine: Engine, failed: bool) -> None:
         if self._keep_alive or self._engine is not engine or self._active_calls or engine.has_async_jobs():
@@ -426,6 +467,23 @@ class ThreadingContext:
     JoinableQueue = multiprocessing.JoinableQueue
     Process = multiprocessing.Process
     Value = multiprocessing.Value
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return (a == b) is True
+    except Exception:  # an == that raises is not equality
+        return False
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of a warning that names the first caller outside this package."""
+    package = str(Path(__file__).parent)
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _context(start_method: str) -> Any:
