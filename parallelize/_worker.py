@@ -159,17 +159,24 @@ def cancel_signal_handler(clock: Clock) -> Callable[[int, Any], None]:
     return handler
 
 
+def leading_arguments(worker_id: int, pass_worker_id: bool, shared_objects: Any, use_worker_state: bool) -> list[Any]:
+    """What every task and hook of a worker receives before its own arguments: worker id, shared objects, state
+    (a dict that lives as long as the worker), each only when enabled."""
+    prefix: list[Any] = []
+    if pass_worker_id:
+        prefix.append(worker_id)
+    if shared_objects is not None:
+        prefix.append(shared_objects)
+    if use_worker_state:
+        prefix.append({})
+    return prefix
+
+
 def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     """The worker's whole life. Returns when told to stop, after its lifespan, or when the parent is gone."""
     started = time.time()
     _thread_state.active = True
-    prefix: list[Any] = []
-    if spec.pass_worker_id:
-        prefix.append(spec.worker_id)
-    if spec.shared_objects is not None:
-        prefix.append(spec.shared_objects)
-    if spec.use_worker_state:
-        prefix.append({})
+    prefix = leading_arguments(spec.worker_id, spec.pass_worker_id, spec.shared_objects, spec.use_worker_state)
     insights = _Insights() if spec.insights else None
 
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
