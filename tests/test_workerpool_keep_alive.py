@@ -2,33 +2,22 @@
 or lifespan. A map hands its hooks and lifespan to the live workers (warning when worker_init or worker_exit
 change); an apply keeps the workers' own.
 
-Workers are told apart by a token each one draws once (a pid alone does not separate threads).
+Workers are told apart by helpers.worker_token (a pid alone does not separate threads).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import uuid
 import warnings
 from typing import Any
 
 import pytest
 
+from helpers import worker_token as token
 from parallelize import WorkerPool
 
 N_JOBS = 2
-_local = threading.local()
 
 # --- task functions and hooks (module level: importable under spawn and forkserver) ----------------------------------
-
-
-def token(*_: Any) -> str:
-    """Unique to the worker (process or thread) running the call, for its whole life."""
-    value = getattr(_local, "token", None)
-    if value is None:
-        value = _local.token = f"{os.getpid()}-{uuid.uuid4().hex}"
-    return str(value)
 
 
 def load_model(state: dict[str, Any]) -> None:

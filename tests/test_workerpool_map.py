@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 import parallelize
-from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of
+from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of, worker_token
 from parallelize import ConfigError, PoolBusyError, WorkerPool
 
 WAIT_S = 30.0  # bound on every blocking wait in a task or the test: a backstop, never expected to run out
@@ -33,17 +32,6 @@ BIG = 4 * 1024 * 1024  # several times any pipe buffer
 
 
 # --- task functions (module level: importable under spawn and forkserver) ------------------------------------------
-
-_local = threading.local()
-
-
-def worker_token(*_: Any) -> str:
-    """A token unique to the worker (process or thread) running the call; the same for its whole life."""
-    token = getattr(_local, "token", None)
-    if token is None:
-        token = _local.token = f"{os.getpid()}-{uuid.uuid4().hex}"
-    return str(token)
-
 
 def worker_token_too(*args: Any) -> str:
     """A different function with the same behaviour as worker_token."""
