@@ -33,10 +33,14 @@ _WHERE = {
     "show_config": "._config",
 }
 
-__all__ = ["__version__", *sorted(_WHERE)]
+_SUBMODULES = ("utils",)  # public modules, also imported on first use
+
+__all__ = ["__version__", *sorted([*_WHERE, *_SUBMODULES])]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # importing sets the attribute: no second call
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'parallelize' has no attribute {name!r}")
@@ -50,6 +54,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from . import utils as utils
     from ._config import config as config
     from ._config import show_config as show_config
     from ._cpu import cpu_count as cpu_count

@@ -29,15 +29,8 @@ def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: 
     With split_arrays (MPIRE's rule), a numpy array is cut along axis 0 and each slice is one task; otherwise an
     array is an iterable like any other: one task per row.
     """
-    n_tasks = known_length(iterable, iterable_len)
-    # With a cap on tasks in flight, automatic chunks stay small enough for every worker to have its queue full.
-    max_size = None if max_tasks_active is None else max_tasks_active // (n_jobs * PREFETCH)
-    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits, max_size)
-    # As MPIRE: iterable_len caps how many items are read.
-    if split_arrays and is_numpy_array(iterable):
-        chunks: Iterator[list[Any]] = iter_numpy_chunks(iterable, sizer, iterable_len)
-    else:
-        chunks = iter_chunks(iterable, sizer, iterable_len)
+    n_tasks, sizer, chunks = cut(iterable, n_jobs, iterable_len, chunk_size, n_splits, split_arrays,
+                                 max_tasks_active)
     return Job(
         engine.new_job_id(), engine.function_id(func), call_mode, chunks, sizer, ordered=ordered,
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
@@ -45,6 +38,20 @@ def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: 
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
         on_error=on_error, retries=retries, retry_backoff=retry_backoff,
     )
+
+
+def cut(iterable: Any, n_jobs: int, iterable_len: int | None, chunk_size: int | float | None,
+        n_splits: int | None, split_arrays: bool,
+        max_tasks_active: int | None = None) -> tuple[int | None, ChunkSizer, Iterator[list[Any]]]:
+    """The number of tasks (if known), the sizer, and the chunks of one call (see map_job)."""
+    n_tasks = known_length(iterable, iterable_len)
+    # With a cap on tasks in flight, automatic chunks stay small enough for every worker to have its queue full.
+    max_size = None if max_tasks_active is None else max_tasks_active // (n_jobs * PREFETCH)
+    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits, max_size)
+    # As MPIRE: iterable_len caps how many items are read.
+    if split_arrays and is_numpy_array(iterable):
+        return n_tasks, sizer, iter_numpy_chunks(iterable, sizer, iterable_len)
+    return n_tasks, sizer, iter_chunks(iterable, sizer, iterable_len)
 
 
 def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,

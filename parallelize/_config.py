@@ -219,7 +219,7 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
     """The effective options and where each came from. Validates the environment; call/decorator are pre-checked."""
     from ._cpu import cpu_count
 
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE])
+    check_environment()
     scoped = _scoped.get()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -237,21 +237,36 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
             values[name], sources[name] = option.default, "default"
     available = cpu_count()
     values["n_jobs"] = check.n_jobs(values["n_jobs"], available)
-    set_cap, cap = _env.read(MAX_CPU_VARIABLE, _env.parse_int)
-    if set_cap and cap is not None:
-        if cap < 1:
-            raise ConfigError(f"{MAX_CPU_VARIABLE}={cap!r} must be a positive integer")
-        if values["n_jobs"] > cap:
-            values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
+    cap = max_cpu()
+    if cap is not None and values["n_jobs"] > cap:
+        values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
     if values["start_method"] is None:
         values["start_method"] = _default_start_method()
     if values["backend"] == "thread":
         values["start_method"] = "threading"
     values["cpu_ids"] = check.cpu_ids(values["cpu_ids"], values["n_jobs"])
-    disabled = _env.read(DISABLE_VARIABLE, _env.parse_bool)
-    values["disabled"] = bool(disabled[0] and disabled[1]) or values["backend"] == "serial"
-    sources["disabled"] = DISABLE_VARIABLE if disabled[0] else "default"
+    values["disabled"] = disabled() or values["backend"] == "serial"
+    sources["disabled"] = DISABLE_VARIABLE if _env.read(DISABLE_VARIABLE, _env.parse_str)[0] else "default"
     return Options(**values), sources
+
+
+def check_environment() -> None:
+    """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE])
+
+
+def max_cpu() -> int | None:
+    """PARALLELIZE_MAX_CPU: the cap on n_jobs, or None when it is not set."""
+    _, cap = _env.read(MAX_CPU_VARIABLE, _env.parse_int)
+    if cap is not None and cap < 1:
+        raise ConfigError(f"{MAX_CPU_VARIABLE}={cap!r} must be a positive integer")
+    return cap  # type: ignore[no-any-return]
+
+
+def disabled() -> bool:
+    """PARALLELIZE_DISABLE: run everything serially in the calling process."""
+    _, value = _env.read(DISABLE_VARIABLE, _env.parse_bool)
+    return bool(value)
 
 
 def _validate_env(variable: str, name: str, option: _Option, value: Any) -> Any:

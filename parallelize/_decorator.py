@@ -28,6 +28,7 @@ from ._frames import drop_library_frames, hide_library_frames, hides_library_fra
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
+from ._serial import SerialWorker
 from ._serialize import note_task
 from ._worker import call_item, in_worker
 
@@ -244,16 +245,10 @@ class _Core:
 
     def run_serial(self, target: TaskTarget, iterable: Any, options: Options) -> list[Any]:
         """Everything in this process, as a single worker would: init hook, each item, exit hook."""
-        prefix: list[Any] = []
-        if options.pass_worker_id:
-            prefix.append(0)
-        if options.shared_objects is not None:
-            prefix.append(options.shared_objects)
-        if options.worker_state:
-            prefix.append({})
-        if options.worker_init is not None:
-            options.worker_init(*prefix)
-        func = functools.partial(target.parallelize_callable, *prefix) if prefix else target.parallelize_callable
+        worker = SerialWorker(pass_worker_id=options.pass_worker_id, shared_objects=options.shared_objects,
+                              use_worker_state=options.worker_state)
+        worker.init(options.worker_init)
+        func = worker.bind(target.parallelize_callable)
         results: list[Any] = []
         for index, item in enumerate(iterable):
             for attempt in itertools.count():
@@ -271,7 +266,7 @@ class _Core:
                         raise
                     break
         if options.worker_exit is not None:
-            self.holder.exit_results = [options.worker_exit(*prefix)]
+            self.holder.exit_results = [worker.exit(options.worker_exit)]
         return results
 
     def submit(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:

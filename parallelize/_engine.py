@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _clock
@@ -29,7 +29,17 @@ from ._errors import ConfigError, PoolClosedError, ResultPicklingError, TaskTime
 from ._functions import FunctionRegistry
 from ._insights import InsightsCollector
 from ._job import Job
-from ._messages import STOP, ChunkDone, RegisterFunc, RunChunk, Undecodable, UnregisterFunc, WorkerExited, WorkerReady
+from ._messages import (
+    STOP,
+    ChunkDone,
+    RegisterFunc,
+    RunChunk,
+    SetHooks,
+    Undecodable,
+    UnregisterFunc,
+    WorkerExited,
+    WorkerReady,
+)
 from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception, unpack_exception
 from ._sigint import SigintHold
 from ._worker import WorkerSpec
@@ -106,13 +116,13 @@ class _Slot:
     inflight: deque[tuple[Job, RunChunk]] = field(default_factory=deque)
     n_assigned: int = 0
     known_funcs: set[int] = field(default_factory=set)
+    init_hook: Callable[..., Any] | None = None  # the worker_init this worker runs or ran (it runs at most one)
     stop_sent: bool = False
     init_failed: bool = False
     exited_cleanly: bool = False
     killed: bool = False
     exiting: bool = False  # asked to stop, or at its lifespan, with nothing left to run: its exit hook may run
     answered: bool = False  # has returned a chunk
-    init_timeout: float | None = None  # from the calls that were running when the worker started
     exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
     interrupted: _Interrupted | None = None
 
@@ -137,6 +147,7 @@ class Engine:
         self._tags = itertools.count(1)
         self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
         self._background: threading.Thread | None = None
+        self._hook_ids: tuple[int | None, int | None] = (None, None)  # registered by update_hooks
         self._strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
         self._next_deadline: float | None = None  # computed before each wait; nothing is due before it
         self.exit_results: list[Any] = []
@@ -161,6 +172,40 @@ class Engine:
         """The id of *func* in this engine, held for the job about to be made with it until that job ends (see
         submit); workers learn it at start (fork) or on first use."""
         return self._functions.acquire(func)
+
+    def update_hooks(self, worker_init: Callable[..., Any] | None, worker_exit: Callable[..., Any] | None,
+                     worker_lifespan: int | None) -> int:
+        """Give the live workers, and those started from now on, new hooks and a new lifespan, keeping the workers
+        and their state (MPIRE's keep_alive). A live worker runs the new worker_init only if it has run none, and
+        the new worker_exit when it ends; its lifespan counts every task it has run. Returns how many live
+        workers were told."""
+        n_live = 0
+        with self._exclusive():
+            self.settings = replace(self.settings, worker_init=worker_init, worker_exit=worker_exit,
+                                    worker_lifespan=worker_lifespan)
+            init_id = None if worker_init is None else self.function_id(worker_init)
+            exit_id = None if worker_exit is None else self.function_id(worker_exit)
+            for replaced in self._hook_ids:  # held while they were the pool's hooks; the registry may drop them now
+                if replaced is not None:
+                    self._functions.release(replaced)
+            self._hook_ids = (init_id, exit_id)
+            message = SetHooks(init_id, exit_id, worker_lifespan)
+            for slot in self._slots:
+                if slot.key is None or slot.stop_sent or slot.killed or slot.init_failed:
+                    continue  # no worker, or one that is ending
+                for func_id in (init_id, exit_id):
+                    if func_id is not None:
+                        self._teach(slot, func_id)
+                self.backend.send(slot.key, message)
+                n_live += 1
+                if worker_init is not None and slot.init_hook is None:
+                    slot.init_hook = worker_init
+                    if not slot.inflight:
+                        # It runs the hook now: a worker starting again, with worker_init_timeout counted from the
+                        # hook's start. (Behind chunks already queued, it starts at an unknown time: no deadline.)
+                        slot.ready = False
+        self.backend.wakeup()
+        return n_live
 
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
@@ -443,11 +488,16 @@ class Engine:
                     if slot.key is not None and not slot.stop_sent and not slot.killed:
                         self.backend.send(slot.key, UnregisterFunc(func_id))
 
+    def _teach(self, slot: _Slot, func_id: int) -> None:
+        """Send the worker in *slot* a function it does not know yet."""
+        assert slot.key is not None
+        if func_id not in slot.known_funcs:
+            self.backend.send(slot.key, RegisterFunc(func_id, self._functions.payload(func_id)))
+            slot.known_funcs.add(func_id)
+
     def _send_chunk(self, slot: _Slot, job: Job, chunk: RunChunk) -> None:
         assert slot.key is not None
-        if chunk.func_id not in slot.known_funcs:
-            self.backend.send(slot.key, RegisterFunc(chunk.func_id, self._functions.payload(chunk.func_id)))
-            slot.known_funcs.add(chunk.func_id)
+        self._teach(slot, chunk.func_id)
         chunk = chunk._replace(tag=next(self._tags))
         try:
             self.backend.send(slot.key, chunk)
@@ -495,8 +545,8 @@ class Engine:
             created_at=time.time(),
         )
         self.backend.start_worker(key, spec)
-        fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key),
-                      known_funcs=set(functions), init_timeout=self._hook_timeout(Due.INIT))
+        fresh = _Slot(slot.worker_id, key=key, pid=self.backend.pid(key), known_funcs=set(functions),
+                      init_hook=settings.worker_init)
         self._slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 
@@ -547,8 +597,14 @@ class Engine:
             if message.failure is not None:
                 slot.init_failed = True
                 # An init interrupted for its timeout: the engine's message names the worker and the limit.
-                error = interrupted.error if interrupted is not None else None
-                self._init_failed(error or unpack_exception(message.failure))
+                error = (interrupted.error if interrupted is not None else None) or unpack_exception(message.failure)
+                if slot.init_hook is self.settings.worker_init:
+                    self._init_failed(error)
+                else:
+                    # A hook that a later call has replaced (the call that gave it has failed already, or has
+                    # finished on other workers): it is no reason to fail the calls running now.
+                    logger.warning("worker %d (pid %s): an earlier worker_init raised %r; a new worker takes its "
+                                   "place", slot.worker_id, slot.pid, error)
         elif kind is WorkerExited:
             slot.exited_cleanly = True
             interrupted, slot.interrupted = slot.interrupted, None
@@ -561,7 +617,7 @@ class Engine:
                 logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
                                "restarted", slot.worker_id, slot.pid, message.rss / 2**20,
                                (self.settings.max_worker_memory or 0) / 2**20)
-            if self.settings.worker_exit is not None:
+            if message.ran_exit:
                 self.exit_results.append(message.exit_result)
             if self.insights is not None:
                 self.insights.exited(slot.worker_id, key, message.exit_time, message.stats)
@@ -676,8 +732,9 @@ class Engine:
             if slot.interrupted is not None:
                 yield slot.interrupted.kill_at, slot, Due.UNWIND
             elif not slot.ready:
-                if slot.init_timeout is not None:
-                    yield self._hook_deadline(slot, slot.init_timeout, Due.INIT)
+                init_timeout = self._hook_timeout(Due.INIT)
+                if init_timeout is not None:
+                    yield self._hook_deadline(slot, init_timeout, Due.INIT)
             elif slot.inflight:
                 chunk = slot.inflight[0][1]
                 if chunk.task_timeout is not None:
@@ -743,7 +800,7 @@ class Engine:
         ends), or kill the worker if it cannot be interrupted."""
         assert slot.key is not None
         hook = "worker_init" if due is Due.INIT else "worker_exit"
-        limit = slot.init_timeout if due is Due.INIT else slot.exit_timeout
+        limit = self._hook_timeout(Due.INIT) if due is Due.INIT else slot.exit_timeout
         error = TaskTimeoutError(f"{hook} of worker {slot.worker_id} ran longer than {due.value}={limit}s; the "
                                  "worker was stopped")
         start_ns = self.backend.clock(slot.key)[_clock.START_NS]

@@ -1,6 +1,6 @@
 """The records that travel between the parent and its workers. Small, frozen, cheap to pickle.
 
-Parent → worker: RegisterFunc, UnregisterFunc, RunChunk, STOP.
+Parent → worker: RegisterFunc, UnregisterFunc, SetHooks, RunChunk, STOP.
 Worker → parent: WorkerReady, ChunkDone, WorkerExited.
 A chunk is the unit of dispatch: the parent does its bookkeeping per chunk, never per task.
 """
@@ -28,6 +28,15 @@ class UnregisterFunc(NamedTuple):
     """Forget a function no call uses any more; its func_id is never used again."""
 
     func_id: int
+class SetHooks(NamedTuple):
+    """New hooks and lifespan for a live worker (a kept-alive WorkerPool's next call changed them, as MPIRE
+    allows). The functions were taught by RegisterFunc first. The worker runs init_id's function at once if it has
+    run no worker_init yet (and answers WorkerReady again), and exit_id's function when it ends; the lifespan
+    counts every task the worker has run."""
+
+    init_id: int | None
+    exit_id: int | None
+    lifespan: int | None
 
 
 class RunChunk(NamedTuple):
@@ -92,3 +101,4 @@ class WorkerExited(NamedTuple):
     stats: WorkerStats | None
     reason: str  # "stop" (asked), "lifespan" (worker_lifespan reached), "memory" (max_worker_memory exceeded)
     rss: int  # memory only the worker used (USS), in bytes, when it decided to end (0 if not measured)
+    ran_exit: bool  # a worker_exit ran (exit_result is its value): the hook may have changed during its life

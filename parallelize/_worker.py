@@ -29,6 +29,7 @@ from ._messages import (
     ChunkDone,
     RegisterFunc,
     RunChunk,
+    SetHooks,
     Stop,
     UnregisterFunc,
     WorkerExited,
@@ -183,28 +184,33 @@ def _run_hook(name: str, hook: Callable[..., Any], prefix: list[Any],
         _Running.hook = ""
 
 
+def leading_arguments(worker_id: int, pass_worker_id: bool, shared_objects: Any, use_worker_state: bool) -> list[Any]:
+    """What every task and hook of a worker receives before its own arguments: worker id, shared objects, state
+    (a dict that lives as long as the worker), each only when enabled."""
+    prefix: list[Any] = []
+    if pass_worker_id:
+        prefix.append(worker_id)
+    if shared_objects is not None:
+        prefix.append(shared_objects)
+    if use_worker_state:
+        prefix.append({})
+    return prefix
+
+
 def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     """The worker's whole life. Returns when told to stop, after its lifespan, or when the parent is gone."""
     started = time.time()
     _thread_state.active = True
     _Running.worker_id = spec.worker_id
-    prefix: list[Any] = []
-    if spec.pass_worker_id:
-        prefix.append(spec.worker_id)
-    if spec.shared_objects is not None:
-        prefix.append(spec.shared_objects)
-    if spec.use_worker_state:
-        prefix.append({})
+    prefix = leading_arguments(spec.worker_id, spec.pass_worker_id, spec.shared_objects, spec.use_worker_state)
     insights = _Insights() if spec.insights else None
 
-    init_failure: TaskFailure | None = None
-    init_time = 0.0
-    if spec.worker_init is not None:  # a failure is reported to the parent; this worker cannot go on
-        _, init_failure, init_time = _run_hook("worker_init", spec.worker_init, prefix, clock)
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
-    channel.send(WorkerReady(spec.worker_id, _pid(), start_up, init_time, init_failure))
-    if init_failure is not None:
+    if not _initialise(spec.worker_init, prefix, channel, clock, spec.worker_id, start_up):
         return
+    init_ran = spec.worker_init is not None
+    worker_exit = spec.worker_exit
+    lifespan = spec.lifespan
 
     # This worker's own copy of the registry (made for it when it started), kept in step by the parent's messages.
     functions = spec.functions
@@ -225,7 +231,7 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     rss = 0  # see _rss
     next_memory_check = 0.0
     while True:
-        if spec.lifespan is not None and n_done >= spec.lifespan:
+        if lifespan is not None and n_done >= lifespan:
             reason = "lifespan"
             break
         if spec.max_memory is not None and time.monotonic() >= next_memory_check:
@@ -254,6 +260,13 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         elif type(message) is UnregisterFunc:
             del functions[message.func_id]
             bound.pop(message.func_id, None)
+        elif type(message) is SetHooks:
+            worker_exit = None if message.exit_id is None else functions[message.exit_id]
+            lifespan = message.lifespan
+            if message.init_id is not None and not init_ran:
+                init_ran = True
+                if not _initialise(functions[message.init_id], prefix, channel, clock, spec.worker_id, 0.0):
+                    return
         elif type(message) is Stop:
             break
         else:  # a programming error in the parent; fail loudly rather than guess
@@ -262,14 +275,26 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     exit_result: Any = None
     exit_failure: TaskFailure | None = None
     exit_time = 0.0
-    if spec.worker_exit is not None:
-        exit_result, exit_failure, exit_time = _run_hook("worker_exit", spec.worker_exit, prefix, clock)
+    if worker_exit is not None:
+        exit_result, exit_failure, exit_time = _run_hook("worker_exit", worker_exit, prefix, clock)
     stats = insights.snapshot() if insights is not None else None
+    ran_exit = worker_exit is not None
     try:
-        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss))
+        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss, ran_exit))
     except ResultUnpicklable as exc:
         failure = pack_exception(exc)
-        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss))
+        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss, ran_exit))
+
+
+def _initialise(worker_init: Callable[..., Any] | None, prefix: list[Any], channel: Channel, clock: Clock,
+                worker_id: int, start_up: float) -> bool:
+    """Run the init hook, if any, and report WorkerReady; False if the hook raised (the worker must end)."""
+    failure: TaskFailure | None = None
+    init_time = 0.0
+    if worker_init is not None:
+        _, failure, init_time = _run_hook("worker_init", worker_init, prefix, clock)
+    channel.send(WorkerReady(worker_id, _pid(), start_up, init_time, failure))
+    return failure is None
 
 
 def _run_chunk(

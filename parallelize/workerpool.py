@@ -9,12 +9,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import queue
+import sys
 import threading
-from collections.abc import Callable, Generator, Iterable
+import warnings
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from . import _config
 from . import _validation as check
-from ._calls import apply_job, map_job, run
+from ._calls import apply_job, cut, map_job, run
 from ._chunking import is_numpy_array
 from ._cpu import cpu_count
 from ._engine import Engine, WorkerSettings
@@ -23,6 +30,8 @@ from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
 from ._progress import ProgressBar, check_progress_options
+from ._serial import SerialWorker
+from ._worker import call_item
 
 logger = logging.getLogger("parallelize")
 
@@ -32,46 +41,56 @@ class ResultTimeoutError(multiprocessing.TimeoutError, TimeoutError):
 
 
 class AsyncResult:
-    """The pending result of ``apply_async``: like ``multiprocessing.pool.AsyncResult``."""
+    """The pending result of ``apply_async``: like ``multiprocessing.pool.AsyncResult``.
 
-    def __init__(self, engine: Engine, job: Job, callback: Callable[[Any], Any] | None,
+    Backed by a job on an engine, or, in serial mode (no engine), finished when it is made.
+    """
+
+    def __init__(self, engine: Engine | None, job: Job | None, callback: Callable[[Any], Any] | None,
                  error_callback: Callable[[BaseException], Any] | None) -> None:
         self._engine = engine
-        self._job = job
+        self._done = job.done_event if job is not None else threading.Event()
         self._callback = callback
         self._error_callback = error_callback
         self._value: Any = None
-        job.finish_listeners.append(self._on_finish)
+        self._error: BaseException | None = None
+        if job is not None:
+            job.finish_listeners.append(self._on_finish)
 
     def _on_finish(self, job: Job) -> None:
-        if job.error is None and not job.cancelled:
-            values = job.pop_ready()
-            self._value = values[0] if values else None
+        values = job.pop_ready() if job.error is None else []
+        self._finish(values[0] if values else None, job.error)
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error = value, error
         try:
-            if job.error is not None and self._error_callback is not None:
-                self._error_callback(job.error)
-            elif job.error is None and self._callback is not None:
-                self._callback(self._value)
+            if error is not None and self._error_callback is not None:
+                self._error_callback(error)
+            elif error is None and self._callback is not None:
+                self._callback(value)
         except Exception:  # a failing callback must not break the loop that serves every job
             logger.exception("an apply_async callback raised")
+        if self._engine is None:
+            self._done.set()  # (a job sets its own event once its listeners, this one included, have run)
 
     def ready(self) -> bool:
-        return self._job.done_event.is_set()
+        return self._done.is_set()
 
     def successful(self) -> bool:
-        if not self._job.done_event.is_set():
+        if not self._done.is_set():
             raise ValueError("the result is not ready yet")
-        return self._job.error is None and not self._job.cancelled
+        return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        self._engine.drive(self._job.done_event.is_set, check.wait_timeout("timeout", timeout))
+        if self._engine is not None:
+            self._engine.drive(self._done.is_set, check.wait_timeout("timeout", timeout))
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
-        if not self._job.done_event.is_set():
+        if not self._done.is_set():
             raise ResultTimeoutError(f"the result was not ready within {timeout}s")
-        if self._job.error is not None:  # PoolClosedError if the pool was terminated first
-            raise self._job.error
+        if self._error is not None:  # PoolClosedError if the pool was terminated first
+            raise self._error
         return self._value
 
 
@@ -92,7 +111,13 @@ class WorkerPool:
         enable_insights: bool = False,
         order_tasks: bool = False,
     ) -> None:
-        self._n_jobs = check.n_jobs(None if n_jobs == 0 else n_jobs, cpu_count())  # MPIRE: 0 means all CPUs
+        _config.check_environment()
+        if n_jobs is None or (n_jobs == 0 and not isinstance(n_jobs, bool)):  # MPIRE: 0 means all CPUs too
+            # The default, and only the default, is capped by PARALLELIZE_MAX_CPU: an explicit n_jobs wins.
+            cap = _config.max_cpu()
+            self._n_jobs = cpu_count() if cap is None else min(cpu_count(), cap)
+        else:
+            self._n_jobs = check.n_jobs(n_jobs, cpu_count())
         self._daemon = check.flag("daemon", daemon)
         self._cpu_ids = check.cpu_ids(cpu_ids, self._n_jobs)
         self._shared_objects = shared_objects
@@ -106,8 +131,12 @@ class WorkerPool:
         self._order_tasks = check.flag("order_tasks", order_tasks)
         self.ctx: Any = _context(self._start_method)
         self._engine: Engine | None = None
+        # PARALLELIZE_DISABLE=1: no workers; worker 0 lives in the calling thread (see _serial).
+        self._serial = _config.disabled()
+        self._serial_worker: SerialWorker | None = None
+        self._serial_settings: WorkerSettings | None = None  # the settings _serial_worker runs with
         self._lock = threading.RLock()
-        self._lazy_job: Job | None = None
+        self._lazy_job: object | None = None  # the job (or serial chunks) of an imap still open
         self._active_calls = 0
         self._exit_results: list[Any] = []
         self._last_insights: Any = None
@@ -118,7 +147,10 @@ class WorkerPool:
         self._pass_worker_id = check.flag("pass_on", pass_on)
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
-        self._shared_objects = shared_objects
+        # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
+        # (numpy arrays) count as changed unless they are the same object.
+        if shared_objects is not self._shared_objects and not _equal(shared_objects, self._shared_objects):
+            self._shared_objects = shared_objects
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
         self._use_worker_state = check.flag("use_worker_state", use_worker_state)
@@ -224,39 +256,43 @@ class WorkerPool:
                  settings: WorkerSettings, task_timeout: float | None, init_timeout: float | None,
                  exit_timeout: float | None, progress_bar: bool, progress_bar_options: dict[str, Any] | None,
                  progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
+        if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
+            n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
+        engine: Engine | None = None
         with self._lock:
-            engine = self._engine_for(settings)
-            job = self._make_job(engine, func, iterable, ordered, iterable_len, max_tasks_active, chunk_size,
-                                 n_splits, task_timeout, init_timeout, exit_timeout)
+            if self._serial:
+                worker = self._serial_worker_for(settings, change_hooks=True)
+                n_tasks, _, chunks = cut(iterable, self._n_jobs, iterable_len, chunk_size, n_splits, True,
+                                         max_tasks_active)
+                call: object = chunks
+            else:
+                engine = self._engine_for(settings, change_hooks=True)
+                job = map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered,
+                              iterable_len=iterable_len, max_tasks_active=max_tasks_active, chunk_size=chunk_size,
+                              n_splits=n_splits, task_timeout=task_timeout, worker_init_timeout=init_timeout,
+                              worker_exit_timeout=exit_timeout, order_tasks=self._order_tasks,
+                              call_mode=CALL_MPIRE, split_arrays=True)
+                n_tasks, call = job.n_tasks, job
             if lazy:
-                self._lazy_job = job
+                self._lazy_job = call
             self._active_calls += 1
-        bar = ProgressBar(job.n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
+        bar = ProgressBar(n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
 
         def on_end(failed: bool) -> None:
             with self._lock:
-                if self._lazy_job is job:
+                if self._lazy_job is call:
                     self._lazy_job = None
                 self._active_calls -= 1
                 self._after_call(engine, failed)
 
         try:
-            yield from run(engine, job, bar, on_end)
+            if engine is None:
+                yield from _run_serially(worker.bind(func), chunks, bar, on_end)
+            else:
+                yield from run(engine, job, bar, on_end)
         except Exception as exc:  # the outermost frame of imap: the user's loop is next
             hide_library_frames(exc)
             raise
-
-    def _make_job(self, engine: Engine, func: Callable[..., Any], iterable: Any, ordered: bool,
-                  iterable_len: int | None, max_tasks_active: int | None, chunk_size: int | None,
-                  n_splits: int | None, task_timeout: float | None, init_timeout: float | None,
-                  exit_timeout: float | None) -> Job:
-        if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
-            n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
-        return map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered, iterable_len=iterable_len,
-                       max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
-                       task_timeout=task_timeout, worker_init_timeout=init_timeout,
-                       worker_exit_timeout=exit_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
-                       split_arrays=True)
 
     # --- apply --------------------------------------------------------------------------------------------------
 
@@ -288,7 +324,16 @@ class WorkerPool:
         exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
         settings = self._settings(worker_init, worker_exit, None)
         with self._lock:
-            engine = self._engine_for(settings)
+            if self._serial:
+                worker = self._serial_worker_for(settings, change_hooks=False)
+                result = AsyncResult(None, None, callback, error_callback)
+                try:
+                    value, error = worker.bind(func)(*args, **(kwargs or {})), None
+                except Exception as exc:  # the AsyncResult holds it, as a worker's failure
+                    value, error = None, exc
+                result._finish(value, error)
+                return result
+            engine = self._engine_for(settings, change_hooks=False)
             job = apply_job(engine, func, args, kwargs or {}, task_timeout=task_timeout,
                             worker_init_timeout=init_timeout, worker_exit_timeout=exit_timeout)
             result = AsyncResult(engine, job, callback, error_callback)
@@ -300,12 +345,15 @@ class WorkerPool:
     def stop_and_join(self, keep_alive: bool = False) -> None:
         """Wait for outstanding tasks; unless keep_alive, run the exit hooks and end the workers."""
         with self._lock:
+            if keep_alive:
+                if self._engine is not None:
+                    self._engine.wait_async_jobs()
+                return
+            self._stop_serial()
             engine = self._engine
             if engine is None:
                 return
             engine.wait_async_jobs()
-            if keep_alive:
-                return
             self._engine = None
             self._stop_engine(engine)
 
@@ -314,6 +362,7 @@ class WorkerPool:
     def terminate(self) -> None:
         """End every worker now. Outstanding tasks are dropped, exit hooks do not run."""
         with self._lock:
+            self._serial_worker = None  # no exit hook, as for workers
             engine, self._engine = self._engine, None
             if engine is not None:
                 self._remember_insights(engine)
@@ -368,22 +417,84 @@ class WorkerPool:
             worker_lifespan=worker_lifespan, insights=self._enable_insights,
         )
 
-    def _engine_for(self, settings: WorkerSettings) -> Engine:
-        if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
-            raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
-                                "iterator before starting another map (the running one is left untouched)")
+    def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Engine:
+        """The running workers if they fit *settings*, else new ones.
+
+        As in MPIRE, live workers are kept (with their state) whatever the call's hooks and lifespan: a map hands
+        its own to them (*change_hooks*), an apply keeps theirs. Only a setter that changed what every call
+        receives (pass_on_worker_id, set_shared_objects, set_use_worker_state) needs new workers.
+        """
+        self._check_not_busy()
         engine = self._engine
-        if engine is not None and (not engine.usable or not engine.settings.same_workers(settings)):
-            logger.debug("WorkerPool: worker settings changed, starting new workers")
+        if engine is not None:
+            if engine.usable and _same_processes(engine.settings, settings):
+                kept = engine  # (the narrowed type, for the closure)
+                self._keep_workers(engine.settings, settings, change_hooks, lambda: kept.update_hooks(
+                    settings.worker_init, settings.worker_exit, settings.worker_lifespan))
+                return kept
+            if engine.usable:
+                _log_restart()
             self._engine = None
             engine.wait_async_jobs()
             self._stop_engine(engine)
-            engine = None
-        if engine is None:
-            engine = self._engine = Engine(settings)
+        engine = self._engine = Engine(settings)
         return engine
 
-    def _after_call(self, engine: Engine, failed: bool) -> None:
+    def _serial_worker_for(self, settings: WorkerSettings, *, change_hooks: bool) -> SerialWorker:
+        """_engine_for in serial mode: the one in-thread worker, kept on the same terms."""
+        self._check_not_busy()
+        worker, current = self._serial_worker, self._serial_settings
+        if worker is not None and current is not None:
+            if _same_processes(current, settings):
+                kept = worker  # (the narrowed type, for the closure)
+
+                def update() -> int:
+                    kept.init(settings.worker_init)  # runs only if the worker has run no worker_init yet
+                    self._serial_settings = settings
+                    return 1
+
+                self._keep_workers(current, settings, change_hooks, update)
+                return kept
+            _log_restart()
+            self._stop_serial()
+        worker = SerialWorker(pass_worker_id=settings.pass_worker_id, shared_objects=settings.shared_objects,
+                              use_worker_state=settings.use_worker_state)
+        worker.init(settings.worker_init)
+        self._serial_worker, self._serial_settings = worker, settings
+        return worker
+
+    def _check_not_busy(self) -> None:
+        if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
+            raise PoolBusyError("this WorkerPool is still running an imap/imap_unordered: exhaust or close() that "
+                                "iterator before starting another map (the running one is left untouched)")
+
+    def _keep_workers(self, current: WorkerSettings, settings: WorkerSettings, change_hooks: bool,
+                      update: Callable[[], int]) -> None:
+        """A call with *settings* on live workers that have *current*: a map hands them its hooks and lifespan
+        (``update()`` does, returning how many live workers it told), an apply leaves them theirs."""
+        hooks_changed = (settings.worker_init, settings.worker_exit) != (current.worker_init, current.worker_exit)
+        if not change_hooks:
+            if hooks_changed and (settings.worker_init is not None or settings.worker_exit is not None):
+                warnings.warn("apply/apply_async: the workers are running already, so the worker_init and "
+                              "worker_exit given here are not used (the running workers keep theirs)",
+                              RuntimeWarning, stacklevel=_user_stacklevel())
+            return
+        if not hooks_changed and settings.worker_lifespan == current.worker_lifespan:
+            return
+        if update() and hooks_changed:
+            warnings.warn("worker_init/worker_exit changed while the workers are alive: they keep running with "
+                          "their state; a new worker_init runs only in a worker that has run none yet, and the "
+                          "latest worker_exit runs when the workers stop", RuntimeWarning,
+                          stacklevel=_user_stacklevel())
+
+    def _after_call(self, engine: Engine | None, failed: bool) -> None:
+        if engine is None:  # serial mode
+            if not (self._keep_alive or self._active_calls):
+                if failed:
+                    self._serial_worker = None  # as for workers: no exit hook after a failure
+                else:
+                    self._stop_serial()
+            return
         if self._keep_alive or self._engine is not engine or self._active_calls or engine.has_async_jobs():
             return
         self._engine = None
@@ -399,14 +510,84 @@ class WorkerPool:
         if engine.exit_errors:
             raise engine.exit_errors[0]
 
+    def _stop_serial(self) -> None:
+        worker, settings = self._serial_worker, self._serial_settings
+        if worker is None or settings is None:
+            return
+        self._serial_worker = None
+        self._exit_results = [worker.exit(settings.worker_exit)] if settings.worker_exit is not None else []
+
     def _remember_insights(self, engine: Engine) -> None:
         if engine.insights is not None:
             self._last_insights = engine.insights
 
 
+class ThreadingContext:
+    """``pool.ctx`` under start_method="threading", as in MPIRE: threading's primitives for events, locks and
+    barriers, and multiprocessing's ``Value``, ``Array``, ``JoinableQueue`` and ``Process``. Those are thread-safe
+    too, and a ``Value`` or ``Array`` has ``get_lock()``, which code written for process pools calls."""
+
+    Barrier = threading.Barrier
+    BoundedSemaphore = threading.BoundedSemaphore
+    Condition = threading.Condition
+    Event = threading.Event
+    Lock = threading.Lock
+    RLock = threading.RLock
+    Semaphore = threading.Semaphore
+    Thread = threading.Thread
+    Queue = queue.Queue
+    Array = multiprocessing.Array
+    JoinableQueue = multiprocessing.JoinableQueue
+    Process = multiprocessing.Process
+    Value = multiprocessing.Value
+
+
+def _run_serially(func: Callable[..., Any], chunks: Iterator[list[Any]], progress: ProgressBar | None,
+                  on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
+    """A map in the calling thread; ``on_end(failed)`` runs exactly once, as for _calls.run."""
+    failed = True
+    try:
+        for chunk in chunks:
+            for item in chunk:
+                yield call_item(func, item, CALL_MPIRE)
+            if progress is not None:
+                progress.update(len(chunk))
+        failed = False
+    finally:
+        if progress is not None:
+            progress.close(failed=failed)
+        on_end(failed)
+
+
+def _same_processes(current: WorkerSettings, settings: WorkerSettings) -> bool:
+    """Whether workers started with *current* can serve a call with *settings*: hooks and lifespan aside."""
+    return current.same_workers(replace(settings, worker_init=current.worker_init, worker_exit=current.worker_exit,
+                                        worker_lifespan=current.worker_lifespan))
+
+
+def _log_restart() -> None:
+    logger.warning("WorkerPool: pass_worker_id, shared_objects or use_worker_state changed while workers were alive; "
+                   "starting new workers")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return (a == b) is True
+    except Exception:  # an == that raises is not equality
+        return False
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of a warning that names the first caller outside this package."""
+    package = str(Path(__file__).parent)
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _context(start_method: str) -> Any:
     if start_method == "threading":
-        from multiprocessing import dummy
-
-        return dummy
+        return ThreadingContext
     return multiprocessing.get_context(start_method)

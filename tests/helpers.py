@@ -5,9 +5,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import psutil
+
+_local = threading.local()
+
+
+def worker_token(*_: Any) -> str:
+    """A token unique to the worker (process or thread) running the call; the same for its whole life (a pid alone
+    does not tell threads apart, nor a worker from its replacement with a reused pid)."""
+    token = getattr(_local, "token", None)
+    if token is None:
+        token = _local.token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    return str(token)
 
 
 def square(x: int) -> int:

@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 import parallelize
-from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of
+from helpers import add, big_bytes, fail_on, sleep_for, square, worker_id_of, worker_token
 from parallelize import ConfigError, PoolBusyError, PoolClosedError, WorkerPool
 
 WAIT_S = 30.0  # bound on every blocking wait in a task or the test: a backstop, never expected to run out
@@ -33,17 +32,6 @@ BIG = 4 * 1024 * 1024  # several times any pipe buffer
 
 
 # --- task functions (module level: importable under spawn and forkserver) ------------------------------------------
-
-_local = threading.local()
-
-
-def worker_token(*_: Any) -> str:
-    """A token unique to the worker (process or thread) running the call; the same for its whole life."""
-    token = getattr(_local, "token", None)
-    if token is None:
-        token = _local.token = f"{os.getpid()}-{uuid.uuid4().hex}"
-    return str(token)
-
 
 def worker_token_too(*args: Any) -> str:
     """A different function with the same behaviour as worker_token."""
@@ -636,47 +624,51 @@ def test_keep_alive_reuses_the_workers_when_only_the_function_changes(fast_start
     assert second == first
 
 
-def _change_worker_init(pool: WorkerPool) -> dict[str, Any]:
-    return {"worker_init": noop_hook}
-
-
-def _change_worker_exit(pool: WorkerPool) -> dict[str, Any]:
-    return {"worker_exit": noop_hook}
-
-
-def _change_worker_lifespan(pool: WorkerPool) -> dict[str, Any]:
-    return {"worker_lifespan": 1000}
-
-
-def _change_shared_objects(pool: WorkerPool) -> dict[str, Any]:
+def _change_shared_objects(pool: WorkerPool) -> None:
     pool.set_shared_objects({"some": "object"})
-    return {}
 
 
-def _change_use_worker_state(pool: WorkerPool) -> dict[str, Any]:
+def _change_use_worker_state(pool: WorkerPool) -> None:
     pool.set_use_worker_state(True)
-    return {}
 
 
-def _change_pass_worker_id(pool: WorkerPool) -> dict[str, Any]:
+def _change_pass_worker_id(pool: WorkerPool) -> None:
     pool.pass_on_worker_id(True)
-    return {}
 
 
 @pytest.mark.parametrize(
-    "change",
-    [_change_worker_init, _change_worker_exit, _change_worker_lifespan, _change_shared_objects,
-     _change_use_worker_state, _change_pass_worker_id],
-    ids=["worker_init", "worker_exit", "worker_lifespan", "set_shared_objects", "set_use_worker_state",
-         "pass_on_worker_id"],
+    "change", [_change_shared_objects, _change_use_worker_state, _change_pass_worker_id],
+    ids=["set_shared_objects", "set_use_worker_state", "pass_on_worker_id"],
 )
-def test_keep_alive_restarts_the_workers_when_a_worker_setting_changes(
-        fast_start_method: str, change: Callable[[WorkerPool], dict[str, Any]]) -> None:
+def test_keep_alive_restarts_the_workers_with_a_warning_when_a_setter_changed_what_tasks_receive(
+        fast_start_method: str, change: Callable[[WorkerPool], None], caplog: pytest.LogCaptureFixture) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method, keep_alive=True, order_tasks=True) as pool:
         first = tokens_per_worker(pool)
-        second = tokens_per_worker(pool, **change(pool))
+        change(pool)
+        second = tokens_per_worker(pool)
     assert len(set(second)) == N_JOBS
     assert set(first).isdisjoint(second)
+    assert "starting new workers" in caplog.text  # MPIRE logs a warning here too
+
+
+def _same_shared_objects(pool: WorkerPool) -> None:
+    pool.set_shared_objects({"some": "object"})  # a new dict, equal to the one the pool has
+
+
+def _same_flags(pool: WorkerPool) -> None:
+    pool.set_use_worker_state(False)
+    pool.pass_on_worker_id(False)
+
+
+@pytest.mark.parametrize("change", [_same_shared_objects, _same_flags], ids=["equal shared objects", "same flags"])
+def test_keep_alive_keeps_the_workers_when_a_setter_repeats_the_current_value(
+        fast_start_method: str, change: Callable[[WorkerPool], None]) -> None:
+    with WorkerPool(N_JOBS, start_method=fast_start_method, keep_alive=True, order_tasks=True,
+                    shared_objects={"some": "object"}) as pool:
+        first = tokens_per_worker(pool)
+        change(pool)
+        second = tokens_per_worker(pool)
+    assert second == first
 
 
 def test_without_keep_alive_each_map_starts_fresh_workers(fast_start_method: str) -> None:

@@ -274,7 +274,7 @@ def test_every_worker_id_runs_concurrently_at_a_barrier(start_method: str, reque
     with WorkerPool(N_JOBS, start_method=start_method, pass_worker_id=True) as pool:
         counter = pool.ctx.Value("i", 0)
         # multiprocessing.dummy.Value (the threading ctx, as in MPIRE) has no lock of its own.
-        lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
+        lock = counter.get_lock()
         event = pool.ctx.Event()
         pool.set_shared_objects((event, counter, lock, pool.ctx.Barrier(N_JOBS)))
         ids = pool.map(meet_at_barrier, range(N_JOBS), chunk_size=1)
@@ -282,6 +282,33 @@ def test_every_worker_id_runs_concurrently_at_a_barrier(start_method: str, reque
     assert sorted(ids) == list(range(N_JOBS))
     assert counter.value == N_JOBS
     assert event.is_set()
+
+
+def add_under_value_lock(shared: tuple[Any, Any], x: int) -> int:
+    counter, array = shared
+    with counter.get_lock():
+        counter.value += x
+    with array.get_lock():
+        array[0] += 1
+    return x
+
+
+def test_ctx_value_and_array_have_get_lock_under_every_start_method(start_method: str) -> None:
+    # As in MPIRE, whose threading context hands out multiprocessing's Value and Array.
+    with WorkerPool(N_JOBS, start_method=start_method) as pool:
+        counter, array = pool.ctx.Value("i", 0), pool.ctx.Array("i", 1)
+        pool.set_shared_objects((counter, array))
+        pool.map(add_under_value_lock, range(20), chunk_size=1)
+    assert counter.value == sum(range(20))
+    assert array[0] == 20
+
+
+def test_threading_ctx_has_the_primitives_of_mpires_threading_context() -> None:
+    ctx = WorkerPool(1, start_method="threading").ctx
+    assert isinstance(ctx.Event(), threading.Event)
+    assert isinstance(ctx.Barrier(1), threading.Barrier)
+    for name in ("Condition", "Lock", "RLock", "Thread", "JoinableQueue", "Process"):
+        assert callable(getattr(ctx, name)), name
 
 
 def test_shared_objects_are_passed_to_every_task(start_method: str) -> None:
@@ -332,7 +359,7 @@ def test_shared_objects_are_not_copied_per_task_under_fork() -> None:
 def test_worker_init_and_exit_run_exactly_once_per_worker(start_method: str, request: pytest.FixtureRequest) -> None:
     with WorkerPool(N_JOBS, start_method=start_method, use_worker_state=True) as pool:
         counter = pool.ctx.Value("i", 0)
-        lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
+        lock = counter.get_lock()
         pool.set_shared_objects((counter, lock))
         results = pool.map(task_counting, range(30), chunk_size=1, worker_init=init_counting,
                            worker_exit=exit_reporting)
@@ -354,7 +381,7 @@ def test_get_exit_results_returns_one_value_per_worker(start_method: str) -> Non
 def test_worker_exit_sees_state_set_by_init_and_tasks(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method, use_worker_state=True) as pool:
         counter = pool.ctx.Value("i", 0)
-        lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
+        lock = counter.get_lock()
         pool.set_shared_objects((counter, lock))
         pool.map(task_counting, range(12), chunk_size=1, worker_init=init_counting, worker_exit=exit_reporting)
         exit_results = pool.get_exit_results()
@@ -365,7 +392,7 @@ def test_worker_exit_sees_state_set_by_init_and_tasks(fast_start_method: str) ->
 def test_keep_alive_runs_worker_init_once_for_two_maps(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method, use_worker_state=True, keep_alive=True) as pool:
         counter = pool.ctx.Value("i", 0)
-        lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
+        lock = counter.get_lock()
         pool.set_shared_objects((counter, lock))
         first = pool.map(task_counting, range(10), worker_init=init_counting, worker_exit=exit_reporting)
         second = pool.map(task_counting, range(10, 20), worker_init=init_counting, worker_exit=exit_reporting)
@@ -390,7 +417,7 @@ def test_worker_lifespan_restarts_workers_under_fork() -> None:
 def test_worker_lifespan_runs_init_for_every_new_worker_and_results_stay_correct(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method, use_worker_state=True, keep_alive=True) as pool:
         counter = pool.ctx.Value("i", 0)
-        lock = counter.get_lock() if hasattr(counter, "get_lock") else pool.ctx.Lock()
+        lock = counter.get_lock()
         pool.set_shared_objects((counter, lock))
         results = pool.map(task_counting, range(30), chunk_size=1, worker_lifespan=3, worker_init=init_counting)
     assert results == [x * x for x in range(30)]
