@@ -117,7 +117,13 @@ class Engine:
     @property
     def usable(self) -> bool:
         """Not closed, and in the process that started it (after os.fork() the child must start its own)."""
-        return not self.closed and self._pid == os.getpid()
+        return not self.closed and not self.foreign
+
+    @property
+    def foreign(self) -> bool:
+        """In a process that did not start this engine (a child made by os.fork()): its workers, jobs and shared
+        clocks are the parent's, which goes on using them; nothing here may touch them."""
+        return self._pid != os.getpid()
 
     # --- public operations ---------------------------------------------------------------------------------------
 
@@ -184,7 +190,7 @@ class Engine:
 
         Workers still running after *timeout* seconds are killed.
         """
-        if self.closed or self._pid != os.getpid():
+        if self.closed or self.foreign:
             return []
         self._stopping = True
         self.backend.wakeup()
@@ -198,7 +204,7 @@ class Engine:
     def terminate(self) -> None:
         """End every worker now: no exit hooks, in-flight work is lost. Safe to call again after an interruption:
         it finishes what an interrupted call left (abort() relies on that)."""
-        if self._pid != os.getpid():
+        if self.foreign:
             return
         self._stopping = True
         with self._exclusive():
@@ -229,6 +235,8 @@ class Engine:
 
     def cancel(self, job: Job) -> None:
         """Stop *job* (any thread): nothing more is sent, running chunks of it are interrupted."""
+        if self.foreign:
+            return
         job.cancel()
         self.backend.wakeup()
         if not self.closed:
@@ -596,6 +604,8 @@ class Engine:
         return bool(self._async_jobs)
 
     def wait_async_jobs(self, timeout: float | None = None) -> bool:
+        if self.foreign:
+            return True  # the parent's jobs
         return self.drive(lambda: not self._async_jobs, timeout)
 
     def _close_backend(self, timeout: float) -> None:
