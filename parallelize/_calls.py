@@ -68,7 +68,8 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
         on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
     """Submit *job* and yield its results as they become available, driving the engine from this thread.
 
-    ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed early).
+    ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed early), in the
+    process that started the engine.
     """
     if progress is not None:
         job.progress_listeners.append(progress.update)
@@ -98,10 +99,13 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
         interrupted = True
         raise
     finally:
-        if not job.finished:
-            # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
-            engine.cancel(job, settle=interrupted)
-        if progress is not None:
-            progress.close(failed=failed)
-        engine.call_ended()
-        on_end(failed)
+        # Skipped in a child made by os.fork() that closes (or collects) a generator it inherited: the job, its
+        # workers and its bar are the parent's, which goes on with them.
+        if not engine.foreign:
+            if not job.finished:
+                # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
+                engine.cancel(job, settle=interrupted)
+            if progress is not None:
+                progress.close(failed=failed)
+            engine.call_ended()
+            on_end(failed)

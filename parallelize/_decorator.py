@@ -43,8 +43,10 @@ class TaskTarget:
     """The user's function as workers run it: bound to its instance or class, travelling by reference.
 
     Pickling names the decorated object (module + qualified name) and the instance, so spawn and forkserver
-    workers import the function instead of receiving a copy; functions that cannot be found by name (defined
-    inside another function) travel by value through cloudpickle.
+    workers import the function instead of receiving a copy. Functions that cannot be found by name there travel
+    by value through cloudpickle: those defined inside another function, and those of the main program, because a
+    spawn or forkserver worker's `__main__` is not the program's (a `python -c` program has none to import, and a
+    script's functions defined under `if __name__ == "__main__":` do not exist in it).
     """
 
     def __init__(self, plain: Callable[..., Any], bind_to: Any, module: str | None, qualname: str | None) -> None:
@@ -58,7 +60,7 @@ class TaskTarget:
         return self.parallelize_callable(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self.module and self.qualname and "<locals>" not in self.qualname:
+        if self.module not in (None, "__main__", "__mp_main__") and self.qualname and "<locals>" not in self.qualname:
             try:
                 found = _find_plain(self.module, self.qualname)
             except Exception:
@@ -335,13 +337,13 @@ class _Core:
             if job.error is not None:
                 raise job.error.with_traceback(drop_library_frames(job.error.__traceback__))  # as _calls.run
         finally:
-            if not job.finished:
-                job.cancel()
-                engine.backend.wakeup()
-            if bar is not None:
-                bar.close(failed=job.error is not None)
-            engine.call_ended()
-            self.end_map(engine, options)
+            if not engine.foreign:  # (as in _calls.run: an inherited generator in a forked child is the parent's)
+                if not job.finished:
+                    engine.cancel(job)
+                if bar is not None:
+                    bar.close(failed=job.error is not None)
+                engine.call_ended()
+                self.end_map(engine, options)
 
 
 class _Methods(Generic[P, R]):

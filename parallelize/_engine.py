@@ -161,7 +161,13 @@ class Engine:
     @property
     def usable(self) -> bool:
         """Not closed, and in the process that started it (after os.fork() the child must start its own)."""
-        return not self.closed and self._pid == os.getpid()
+        return not self.closed and not self.foreign
+
+    @property
+    def foreign(self) -> bool:
+        """In a process that did not start this engine (a child made by os.fork()): its workers, jobs and shared
+        clocks are the parent's, which goes on using them; nothing here may touch them."""
+        return self._pid != os.getpid()
 
     # --- public operations ---------------------------------------------------------------------------------------
 
@@ -240,6 +246,8 @@ class Engine:
         return finished
 
     def _drive(self, done: Callable[[], bool], timeout: float | None, hold: SigintHold | None) -> bool:
+        if self.foreign:
+            return done()  # a forked child reading an inherited call: the workers are the parent's, not ours
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cv:
@@ -279,7 +287,7 @@ class Engine:
 
         Workers still running after *timeout* seconds are killed.
         """
-        if self.closed or self._pid != os.getpid():
+        if self.closed or self.foreign:
             return []
         self._stopping = True
         self.backend.wakeup()
@@ -294,7 +302,7 @@ class Engine:
         """End every worker now: no exit hooks, in-flight work is lost, unfinished calls fail with PoolClosedError
         saying *reason*. Safe to call again after an interruption: it finishes what an interrupted call left
         (abort() relies on that)."""
-        if self._pid != os.getpid():
+        if self.foreign:
             return
         self._stopping = True
         with self._exclusive():
@@ -332,6 +340,8 @@ class Engine:
         worker killed after INTERRUPT_GRACE, so nothing of this call is left running and no kill is left for
         interpreter exit.
         """
+        if self.foreign:
+            return
         job.cancel()
         if self.closed:
             return
@@ -885,6 +895,8 @@ class Engine:
         return bool(self._async_jobs)
 
     def wait_async_jobs(self, timeout: float | None = None) -> bool:
+        if self.foreign:
+            return True  # the parent's jobs
         return self.drive(lambda: not self._async_jobs, timeout)
 
     def _close_backend(self, timeout: float) -> None:

@@ -7,18 +7,23 @@ selector, so a dead worker is seen the moment it dies, and nothing polls.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import faulthandler
+import functools
 import multiprocessing
+import multiprocessing.process
 import os
 import pickle
+import queue
 import selectors
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, MutableSequence
+import weakref
+from collections.abc import Callable, Iterator, MutableSequence
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_ready
 from typing import Any
@@ -33,12 +38,28 @@ from ._base import EXIT_MAIN_REIMPORTED, Backend, Event, Exited, Received
 from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
 from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
 
-# File descriptors that belong to the parent side of some pool. A forked child inherits them all; it closes them
-# at once so that, e.g., a worker never keeps another worker's task pipe open (which would hide the parent's death
-# from that worker).
-_PARENT_ONLY_FDS: set[int] = set()
+# Descriptors of the parent side of this process's live pools: task and result pipe ends, exit pidfds, task arenas,
+# selectors, wake-up pipes, lifeline write ends. A forked child, worker or not, must not keep them: a worker holding
+# another worker's task pipe or the lifeline's write end would hide the parent's death from it. Only their owners
+# change this set: a descriptor is added once it is open and removed *before* it is closed (_close_fd), and a
+# backend dropped without close() is closed by its finalizer. So every number in here is open and belongs to a live
+# pool; a number that was closed (and may since have been reused, by a new worker's own pipes, say) never is.
+_parent_fds: set[int] = set()
+
+
+def _close_fd(fd: int) -> None:
+    _parent_fds.discard(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _close_conn(conn: Connection) -> None:
+    with contextlib.suppress(OSError):
+        _parent_fds.discard(conn.fileno())
+    conn.close()
 
 _WAKE = -1
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 INTERRUPT_SIGNAL = signal.SIGUSR1  # a task timeout or a cancellation: see _worker.interrupt_signal_handler
@@ -62,11 +83,10 @@ class _SpawnSpec:
 
 
 def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Connection, result_conn: Connection,
-                 lifeline: Connection, clock: Any, shared: tuple[InheritedFd, InheritedFd] | None) -> None:
-    for fd in list(_PARENT_ONLY_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _PARENT_ONLY_FDS.clear()
+                 lifeline: Connection, clock: Any, shared: tuple[InheritedFd, InheritedFd] | None,
+                 parent_pid: int) -> None:
+    # (Under fork, the parent's pool descriptors were already replaced by /dev/null: see _after_fork_in_child.)
+    _die_with_parent(parent_pid)
     # The parent handles Ctrl-C and stops workers itself; a worker traceback per Ctrl-C would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(Exception):  # sys.stderr may be a StringIO or closed: use fd 2 itself
@@ -86,8 +106,9 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     if spec.cpu_ids:
         os.sched_setaffinity(0, spec.cpu_ids)
     channel = ChildChannel(task_conn.fileno(), result_conn.fileno(), shared)
-    # Pools started inside this worker must not leak this worker's own pipes into their workers.
-    _PARENT_ONLY_FDS.update((task_conn.fileno(), result_conn.fileno(), *channel.fds()))
+    # Pools started inside this worker must not leak this worker's own pipes into their workers. (They stay open
+    # for the worker's whole life, so these numbers cannot go stale.)
+    _parent_fds.update((task_conn.fileno(), result_conn.fileno(), *channel.fds()))
     run_worker(spec, channel, slots)
 
 
@@ -97,6 +118,118 @@ def _worker_importing_main() -> bool:
     process = multiprocessing.current_process()
     # _inheriting is multiprocessing's own flag for that phase (its "bootstrapping phase" error checks it).
     return bool(getattr(process, "_inheriting", False)) and process.name.startswith("parallelize-worker-")
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies.
+
+    Unlike the lifeline thread this needs no Python in the worker, so it also ends a worker whose task holds the
+    GIL in C code. The kernel's "parent" is the *thread* that forked the worker, hence _Forker. A parent that died
+    before this call can no longer signal: the worker has been reparented then, and ends here. *parent_pid* is 0
+    for forkserver workers, whose parent is the server (which ends with the pool's process).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return  # no prctl here: the lifeline alone watches the parent
+    prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+          ctypes.c_ulong(0))
+    if not parent_pid:
+        _leave_forkserver()
+    elif os.getppid() != parent_pid:
+        os._exit(70)
+
+
+def _leave_forkserver() -> None:
+    """In a forkserver worker: drop the write end of the server's "alive" pipe, which multiprocessing hands to
+    every process the server forks and which keeps the server running. Held here, it would keep the server alive
+    after the pool's process died, and the server would keep this worker alive. Without it, the server ends with
+    the pool's process, and PR_SET_PDEATHSIG then ends this worker."""
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        server._forkserver_alive_fd = None  # a pool started in this worker launches a server of its own
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored process-wide meanwhile, when this is the main thread (the only one that may change that).
+
+    A program started meanwhile (a spawn worker, the forkserver) inherits the ignored disposition through exec,
+    so a Ctrl-C cannot end it with a traceback while it starts up; a worker has it ignored for good from
+    _child_entry on. Where the caller has SIGINT blocked, a Ctrl-C meanwhile stays pending for this process.
+    """
+    previous = (signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread()
+                else None)
+    # Not the main thread, a handler installed outside Python, or a Ctrl-C already pending (ignoring SIGINT would
+    # discard it): left alone.
+    if previous is None or signal.SIGINT in signal.sigpending():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start(process: Any, exec_child: bool) -> None:
+    """Start *process* from this thread, which has SIGINT and the cancel signal blocked: a forked child inherits
+    them blocked until it has installed its own handlers (see _STARTUP_BLOCKED)."""
+    if exec_child:
+        with _sigint_ignored():
+            process.start()
+    else:
+        process.start()
+
+
+class _Forker:
+    """Starts worker processes from threads that live as long as this process.
+
+    A worker is killed when the thread that forked it ends (see _die_with_parent), and pools are also driven from
+    short-lived threads: a program's own, or the background driver, which ends when idle. So the main thread
+    starts its workers itself, and every other thread hands the start to one daemon thread, started on first use
+    (a forked child, which does not inherit it, starts its own).
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Callable[[], None], threading.Event, list[BaseException]]] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, start: Callable[[], None]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            start()
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="parallelize-forker", daemon=True)
+                self._thread.start()
+        done = threading.Event()
+        error: list[BaseException] = []
+        self._requests.put((start, done, error))
+        done.wait()
+        if error:
+            raise error[0]
+
+    def _serve(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)  # for the children it forks (see _start)
+        while True:
+            start, done, error = self._requests.get()
+            try:
+                start()
+            except BaseException as exc:  # the caller's to handle, in its own thread
+                error.append(exc)
+            finally:
+                done.set()
+
+
+_forker = _Forker()
 
 
 def _map_segments(fds: tuple[int, int] | None) -> tuple[TaskArena, ResultRing] | None:
@@ -182,10 +315,36 @@ class _ProcWorker:
     def close_shared(self) -> None:
         if self.shared is not None:
             arena, ring = self.shared
-            _PARENT_ONLY_FDS.discard(arena.fd)
+            _parent_fds.discard(arena.fd)
             arena.close()
             ring.close()
             self.shared = None
+
+    def release(self) -> None:
+        """Close the parent's descriptors of this worker."""
+        _close_conn(self.task_conn)
+        _close_conn(self.result_conn)
+        self.close_shared()
+        if self.owns_sentinel:
+            _close_fd(self.sentinel)
+        with contextlib.suppress(ValueError):  # still running: only a dropped backend's finalizer leaves it so
+            self.process.close()
+
+
+def _release_all(owner_pid: int, workers: dict[int, _ProcWorker], selector: selectors.DefaultSelector,
+                 lifeline_w: Connection, fds: tuple[int, ...]) -> None:
+    """Close the parent side of a backend: by close(), or by its finalizer when it was dropped without one. Its
+    workers, if any still run, then see EOF on their lifeline and task pipe, and end."""
+    if os.getpid() != owner_pid:
+        return  # in a child made by os.fork(): these are the parent's (see _after_fork_in_child)
+    for worker in workers.values():
+        worker.release()
+    workers.clear()
+    _parent_fds.discard(selector.fileno())
+    selector.close()
+    _close_conn(lifeline_w)
+    for fd in fds:
+        _close_fd(fd)
 
 
 class ProcessBackend(Backend):
@@ -206,8 +365,13 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", _WAKE))
         self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
-        self._own_fds = (self._wake_r, self._wake_w, self._selector.fileno(), self._lifeline_w.fileno())
-        _PARENT_ONLY_FDS.update(self._own_fds)
+        _parent_fds.update((self._wake_r, self._wake_w, self._selector.fileno(), self._lifeline_w.fileno()))
+        self._pid = os.getpid()
+        # A backend dropped without close() (its engine garbage-collected: a decorated function defined inside a
+        # function, say) still closes its descriptors through _release_all, so they leave _parent_fds as they close.
+        self._finalizer = weakref.finalize(self, _release_all, self._pid, self._workers, self._selector,
+                                           self._lifeline_w, (self._wake_r, self._wake_w))
+        self._finalizer.atexit = False  # at exit the pool cache stops its pools first, with their exit hooks
         self._closed = False
         self._fork_warned = False  # ForkAfterThreadsWarning: once per pool
         # The user's call that made this pool, for that warning when the driver thread forks (its stack has no
@@ -221,23 +385,34 @@ class ProcessBackend(Backend):
                 sys.modules.setdefault("__mp_main__", main)
 
     def start_worker(self, key: int, spec: WorkerSpec) -> None:
+        if self.name == "fork" and not self._fork_warned:
+            self._fork_warned = _warn_if_threads(self._site)
+        if self.name == "forkserver":
+            # Started before signals are blocked below, or it would keep them blocked for every process it ever
+            # forks, the program's own included; with SIGINT ignored, so that a Ctrl-C cannot kill it while it
+            # starts (the next pool could not reach it then).
+            from multiprocessing import forkserver
+
+            with _sigint_ignored():
+                forkserver.ensure_running()
+        # Blocked until the worker is registered: a Ctrl-C in between would leave a started worker unknown to us.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
+        try:
+            self._launch(key, spec)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _launch(self, key: int, spec: WorkerSpec) -> None:
         task_r, task_w = self._ctx.Pipe(duplex=False)
         result_r, result_w = self._ctx.Pipe(duplex=False)
         for conn in (task_w, result_r):
             enlarge_pipe(conn.fileno())
         clock = self._ctx.RawArray("q", _clock.SIZE)
-        if self.name == "fork" and not self._fork_warned:
-            self._fork_warned = _warn_if_threads(self._site)
-        if self.name == "forkserver":
-            # Start the server before blocking signals below, or it would keep them blocked for every process
-            # it ever forks, the program's own included.
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
         # Under fork the spec (shared objects included) is inherited as it is: copy-on-write, nothing pickled.
         payloads: list[Callable[[], WorkerSpec | _SpawnSpec | bytes]] = (
             [lambda: spec] if self.name == "fork" else [lambda: _SpawnSpec(spec), lambda: dumps_by_value(spec)])
-        _PARENT_ONLY_FDS.update((task_w.fileno(), result_r.fileno()))
+        # Registered before the start: the new worker itself must not keep the parent's ends of its own pipes.
+        _parent_fds.update((task_w.fileno(), result_r.fileno()))
         segment_fds = create_segment_fds()
         # Mapped before the child starts (MADV_DONTFORK keeps the child out of them), so that nothing can fail
         # between starting a process and registering it.
@@ -245,27 +420,27 @@ class ProcessBackend(Backend):
         if shared is None:
             segment_fds = None
         shared_fds = None if segment_fds is None else (InheritedFd(segment_fds[0]), InheritedFd(segment_fds[1]))
+        # The process whose death must end the worker (_die_with_parent); forkserver workers are the server's.
+        parent_pid = 0 if self.name == "forkserver" else os.getpid()
         try:
             for attempt, payload in enumerate(payloads):
                 process = self._ctx.Process(
                     target=_child_entry,
-                    args=(payload(), task_r, result_w, self._lifeline_r, clock, shared_fds),
+                    args=(payload(), task_r, result_w, self._lifeline_r, clock, shared_fds, parent_pid),
                     name=f"parallelize-worker-{spec.worker_id}",
                     daemon=self._daemon,
                 )
-                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
+                _our_processes.add(process)
                 try:
-                    process.start()
+                    _forker.run(functools.partial(_start, process, self.name == "spawn"))
                     break
                 except (pickle.PicklingError, TypeError, AttributeError):
                     # Shared objects multiprocessing cannot pickle (a lambda inside): all by cloudpickle instead.
                     if attempt == len(payloads) - 1:
                         raise
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
-                self._forget_fd(conn)
+                _close_conn(conn)
             if shared is not None:
                 shared[0].close()
                 shared[1].close()
@@ -278,10 +453,10 @@ class ProcessBackend(Backend):
         os.set_blocking(task_w.fileno(), False)
         os.set_blocking(result_r.fileno(), False)
         if shared is not None:
-            _PARENT_ONLY_FDS.add(shared[0].fd)  # the arena's, kept for writes: later children must not hold it
+            _parent_fds.add(shared[0].fd)  # the arena's, kept for writes: later children must not hold it
         worker = _ProcWorker(process, self.name, task_w, result_r, clock, shared)
         if worker.owns_sentinel:
-            _PARENT_ONLY_FDS.add(worker.sentinel)
+            _parent_fds.add(worker.sentinel)
         self._workers[key] = worker
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", key))
@@ -367,20 +542,7 @@ class ProcessBackend(Backend):
         for fd in (worker.reader.fd, worker.writer.fd, worker.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
-        self._forget_fd(worker.task_conn)
-        self._forget_fd(worker.result_conn)
-        worker.close_shared()
-        if worker.owns_sentinel:
-            _PARENT_ONLY_FDS.discard(worker.sentinel)
-            os.close(worker.sentinel)
-        with contextlib.suppress(ValueError):
-            worker.process.close()
-
-    @staticmethod
-    def _forget_fd(conn: Connection) -> None:
-        with contextlib.suppress(OSError):
-            _PARENT_ONLY_FDS.discard(conn.fileno())
-            conn.close()
+        worker.release()
 
     def wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -418,8 +580,8 @@ class ProcessBackend(Backend):
                 _join(process, worker.sentinel, 5)
 
     def close(self, timeout: float) -> None:
-        if self._closed:
-            return
+        if self._closed or os.getpid() != self._pid:
+            return  # (in a child made by os.fork(), the workers are the parent's)
         deadline = time.monotonic() + timeout
         for worker in list(self._workers.values()):
             _join(worker.process, worker.sentinel, max(0.0, deadline - time.monotonic()))
@@ -427,34 +589,38 @@ class ProcessBackend(Backend):
             self.kill(key, grace=0.5)
             self._reap(key)
         self._closed = True
-        _PARENT_ONLY_FDS.difference_update(self._own_fds)
-        self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._finalizer()
         self._lifeline_r.close()
-        self._lifeline_w.close()
 
 
-def _neutralise_inherited_fds() -> None:
-    """In a child made by os.fork(): the parent's pool pipes are not ours.
+# Every worker process this process started (added before its start), for _after_fork_in_child.
+_our_processes: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    Each is replaced by /dev/null rather than closed: the number stays taken until the objects that own it are
-    garbage-collected and close it, so it cannot be reused by a new pipe and then closed by mistake.
+
+def _after_fork_in_child() -> None:
+    """In any forked child, a worker or a child made by os.fork(): the parent's pools are not ours to touch.
+
+    Their descriptors are replaced by /dev/null rather than closed: each number stays taken until the object that
+    owns it (a Connection, a selector) is garbage-collected and closes it, so it cannot be reused by a new pipe and
+    then closed by mistake. Their worker processes leave multiprocessing's list of children, whose exit hook would
+    otherwise terminate them (they are the parent's) when this child exits.
     """
-    if not _PARENT_ONLY_FDS:
-        return
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        for fd in _PARENT_ONLY_FDS:
-            with contextlib.suppress(OSError):
-                os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-    _PARENT_ONLY_FDS.clear()
+    if _parent_fds:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd in _parent_fds:
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        _parent_fds.clear()
+    multiprocessing.process._children.difference_update(_our_processes)  # type: ignore[attr-defined]
+    _our_processes.clear()
+    global _forker
+    _forker = _Forker()  # the parent's forker thread does not exist here
 
 
-os.register_at_fork(after_in_child=_neutralise_inherited_fds)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _descendants(pid: int) -> list[Any]:
