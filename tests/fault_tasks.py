@@ -150,6 +150,10 @@ def behave(i: int, action: str = "ok", arg: Any = None, payload: Any = None) -> 
     if action == "unreadable_result":  # pickles in the worker, cannot be unpickled in the parent
         _attempt(arg, i)
         return UnreadableHere()
+    if action == "close_fds":  # closes every descriptor from 3 to 99, its worker's pipes included
+        _attempt(arg, i)
+        os.closerange(3, 100)
+        return i * i
     if action == "dies_pickling_result":  # the worker dies while its result is being pickled (like an OOM kill)
         _attempt(arg, i)
         return DiesWhenPickled()

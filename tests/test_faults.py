@@ -682,6 +682,18 @@ def test_a_worker_dying_while_sending_results_fails_that_task_without_endless_re
     assert_usable(start_method)
 
 
+@pytest.mark.parametrize("start_method", PROCESS_METHODS)
+def test_a_task_closing_its_workers_pipes_fails_alone_after_two_attempts(start_method: str, tmp_path: Path) -> None:
+    # The worker dies sending the result (its pipe is gone): bounded re-runs, not hundreds of restarts.
+    items: list[Any] = [(i,) for i in range(6)]
+    items[2] = (2, "close_fds", str(tmp_path))
+    results = chaos(items, start_method=start_method, on_error="return", chunk_size=2)
+    assert is_died(results[2]) and "task 2" in str(results[2])
+    assert [r for i, r in enumerate(results) if i != 2] == [0, 1, 9, 16, 25]
+    assert _attempts(tmp_path, 2) == 2
+    assert_usable(start_method)
+
+
 # --- the input fails -------------------------------------------------------------------------------------------------
 
 
