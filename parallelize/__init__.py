@@ -24,6 +24,7 @@ _WHERE = {
     "RemoteError": "._errors",
     "RemoteTraceback": "._errors",
     "ResultPicklingError": "._errors",
+    "ResultTimeoutError": "._errors",
     "TaskTimeoutError": "._errors",
     "WorkerDiedError": "._errors",
     "WorkerPool": ".workerpool",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from ._errors import RemoteError as RemoteError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import ResultPicklingError as ResultPicklingError
+    from ._errors import ResultTimeoutError as ResultTimeoutError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerDiedError as WorkerDiedError
     from .workerpool import AsyncResult as AsyncResult

@@ -5,6 +5,7 @@
     ├── PoolBusyError (RuntimeError)        a second map on a WorkerPool while an imap is still being consumed
     ├── PoolClosedError (RuntimeError)      the pool was terminated or closed before the call finished
     ├── TaskTimeoutError (TimeoutError)     a task, worker_init or worker_exit ran past its timeout
+    ├── ResultTimeoutError (TimeoutError)   AsyncResult.get(timeout) ran out (also multiprocessing.TimeoutError)
     ├── WorkerDiedError (BrokenProcessPool) a worker process ended without reporting (signal, os._exit, OOM)
     ├── ResultPicklingError (PicklingError) a task's return value could not be sent back to the caller
     └── RemoteError                         a task's exception that could not itself be pickled
@@ -17,6 +18,7 @@ attached as ``__cause__`` (a RemoteTraceback).
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 from concurrent.futures.process import BrokenProcessPool
 
@@ -43,6 +45,11 @@ class PoolClosedError(ParallelError, RuntimeError):
 
 class TaskTimeoutError(ParallelError, TimeoutError):
     """A task, worker_init or worker_exit ran longer than its timeout; the worker running it was stopped."""
+
+
+class ResultTimeoutError(ParallelError, multiprocessing.TimeoutError, TimeoutError):
+    """``AsyncResult.get(timeout)`` ran out: both multiprocessing's and the builtin TimeoutError, as code written
+    for either expects. The task goes on; a later ``get()`` may still return its result."""
 
 
 class WorkerDiedError(ParallelError, BrokenProcessPool):

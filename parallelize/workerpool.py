@@ -25,7 +25,7 @@ from ._calls import apply_job, cut, map_job, run
 from ._chunking import is_numpy_array
 from ._cpu import cpu_count
 from ._engine import Engine, WorkerSettings
-from ._errors import PoolBusyError
+from ._errors import PoolBusyError, ResultTimeoutError
 from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
@@ -34,10 +34,6 @@ from ._serial import SerialWorker
 from ._worker import call_item
 
 logger = logging.getLogger("parallelize")
-
-
-class ResultTimeoutError(multiprocessing.TimeoutError, TimeoutError):
-    """AsyncResult.get(timeout) ran out: both multiprocessing's and the builtin TimeoutError, as code expects."""
 
 
 class AsyncResult:

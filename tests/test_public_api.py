@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,10 @@ def test_errors_subclass_the_builtins_they_resemble() -> None:
     assert issubclass(parallelize.WorkerDiedError, BrokenProcessPool)
     assert issubclass(parallelize.ForkAfterThreadsWarning, RuntimeWarning)
     assert issubclass(parallelize.PoolClosedError, RuntimeError)
+    assert issubclass(parallelize.ResultTimeoutError, TimeoutError)
+    assert issubclass(parallelize.ResultTimeoutError, multiprocessing.TimeoutError)
     for name in ("ConfigError", "PoolBusyError", "PoolClosedError", "TaskTimeoutError", "WorkerDiedError",
-                 "ResultPicklingError", "RemoteError"):
+                 "ResultPicklingError", "ResultTimeoutError", "RemoteError"):
         assert issubclass(getattr(parallelize, name), parallelize.ParallelError)
 
 
