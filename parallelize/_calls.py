@@ -63,9 +63,22 @@ def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], k
                worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
 
 
+_STARTED = object()
+
+
+def started(engine: Engine, job: Job, progress: ProgressBar | None,
+            on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
+    """run(), already under way: the call counts as running on its engine, and its job is submitted, from now on
+    rather than from the first next(). So an imap that is not read yet keeps its pool (the pool cache never stops
+    or replaces it under the caller), and its cleanup runs however the generator ends, even unread."""
+    generator = run(engine, job, progress, on_end, primed=True)
+    next(generator)
+    return generator
+
+
 @raises_job_errors
 def run(engine: Engine, job: Job, progress: ProgressBar | None,
-        on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
+        on_end: Callable[[bool], None], *, primed: bool = False) -> Generator[Any, None, None]:
     """Submit *job* and yield its results as they become available, driving the engine from this thread.
 
     ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed early), in the
@@ -78,6 +91,8 @@ def run(engine: Engine, job: Job, progress: ProgressBar | None,
     engine.call_started()
     try:
         engine.submit(job)
+        if primed:
+            yield _STARTED  # (taken by started())
         while True:
             # drive() returns False only once the engine is closed, and closing fails every unfinished job, so
             # this call cannot wait for ever.

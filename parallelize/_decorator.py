@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import wrapt
 
 from . import _config
-from ._calls import apply_job, map_job, run
+from ._calls import apply_job, map_job, started
 from ._chunking import is_numpy_array, known_length
 from ._config import Options
 from ._engine import Engine, WorkerSettings
-from ._errors import ConfigError
+from ._errors import ConfigError, PoolClosedError
 from ._frames import drop_library_frames, hide_library_frames, hides_library_frames, raises_job_errors
 from ._job import Job
 from ._pool_cache import PoolHolder
@@ -31,6 +31,8 @@ from ._progress import ProgressBar
 from ._serial import SerialWorker
 from ._serialize import note_task
 from ._worker import call_item, in_worker
+
+SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -222,8 +224,16 @@ class _Core:
         target = self.target(instance)
         if self.serial_mode(options):
             return self.run_serial(target, iterable, options)
-        engine, job, bar = self.start_map(target, iterable, options, ordered)
-        return run(engine, job, bar, lambda failed: self.end_map(engine, options))
+        for attempt in range(SUBMIT_ATTEMPTS):
+            engine, job, bar = self.start_map(target, iterable, options, ordered)
+            try:
+                return started(engine, job, bar, self.ender(engine, options))
+            except PoolClosedError:
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+                # Another thread closed this pool between our getting it and submitting (nothing was read from
+                # the input yet): the next try gets a new one.
+        raise AssertionError("unreachable")
 
     def start_map(self, target: TaskTarget, iterable: Any, options: Options,
                   ordered: bool) -> tuple[Engine, Job, ProgressBar | None]:
@@ -238,6 +248,10 @@ class _Core:
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
         return engine, job, bar
+
+    def ender(self, engine: Engine, options: Options) -> Callable[[bool], None]:
+        """The on_end of a call on *engine*: end_map, whether or not the call failed."""
+        return lambda failed: self.end_map(engine, options)
 
     def end_map(self, engine: Engine, options: Options) -> None:
         """After a call: its own pool ends with keep_alive=False; replaced pools end once no call uses them."""
@@ -282,11 +296,6 @@ class _Core:
             except BaseException as exc:
                 future.set_exception(exc)
             return future
-        engine = self.holder.engine_for(self.settings(options))
-        job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
-                        worker_init_timeout=options.worker_init_timeout,
-                        worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
-                        retry_backoff=options.retry_backoff)
 
         def finished(job: Job) -> None:
             if job.error is not None:  # PoolClosedError if the pool was closed first
@@ -294,9 +303,20 @@ class _Core:
             else:
                 future.set_result(job.pop_ready()[0])
 
-        job.finish_listeners.append(finished)
-        engine.submit(job, background=True)
-        return future
+        for attempt in range(SUBMIT_ATTEMPTS):
+            engine = self.holder.engine_for(self.settings(options))
+            job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
+                            worker_init_timeout=options.worker_init_timeout,
+                            worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
+                            retry_backoff=options.retry_backoff)
+            job.finish_listeners.append(finished)
+            try:
+                engine.submit(job, background=True)
+                return future
+            except PoolClosedError:  # closed by another thread in the meantime: as in run_map
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @raises_job_errors
     async def aimap(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],

@@ -146,6 +146,7 @@ class Engine:
         self._handover = False  # someone needs the driver's role exclusively (terminate, close)
         self._tags = itertools.count(1)
         self._to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
+        self._cancel_requests: list[Job] = []  # Engine.cancel() from any thread; handled in the driver's role
         self._background: threading.Thread | None = None
         self._hook_ids: tuple[int | None, int | None] = (None, None)  # registered by update_hooks
         self._strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
@@ -215,10 +216,10 @@ class Engine:
 
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
-        if self.closed or self._stopping:
-            raise PoolClosedError("the pool has been stopped; start a new one")
         job.finish_listeners.append(self._job_finished)
-        with self._cv:
+        with self._cv:  # (closing sets `closed` under it too: no job slips in after the open calls were failed)
+            if self.closed or self._stopping:
+                raise PoolClosedError("the pool has been stopped; start a new one")
             if job.worker_exit_timeout is not None:
                 self._strictest_exit_timeout = min(job.worker_exit_timeout,
                                                    self._strictest_exit_timeout or job.worker_exit_timeout)
@@ -272,15 +273,25 @@ class Engine:
                 # runner's timeout, a Ctrl-C in a thread that cannot hold it, an internal error): the bookkeeping
                 # may be half-updated, with a chunk sent but not recorded, say. The workers go now; the next call
                 # starts fresh ones instead of trusting this state.
-                self._release_driver()
+                self._release_driver(handle_cancellations=False)  # the bookkeeping may be half-updated
                 self.abort(exc)
                 raise
             self._release_driver()
 
-    def _release_driver(self) -> None:
+    def _release_driver(self, *, handle_cancellations: bool = True) -> None:
+        """Give up the driver's role, after handling the cancellations asked for meanwhile (they are quick)."""
+        if handle_cancellations:
+            self._handle_cancellations()
         with self._cv:
             self._driving = False
             self._cv.notify_all()
+
+    def _handle_cancellations(self) -> None:
+        with self._cv:
+            requests, self._cancel_requests = self._cancel_requests, []
+        for job in requests:
+            job.cancel()
+        self._interrupt_cancelled()
 
     def stop(self, timeout: float | None = None) -> list[Any]:
         """Let in-flight work finish, run every worker's exit hook, and end the workers.
@@ -342,23 +353,24 @@ class Engine:
         """
         if self.foreign:
             return
-        job.cancel()
-        if self.closed:
-            return
-        if not settle:
-            with self._cv:
-                if self._driving or self._handover:
-                    self.backend.wakeup()  # the driver sends the interruptions at its next step
-                    return
+        with self._cv:
+            if self.closed:
+                return  # every call on it has ended already
+            # The job's state changes only in the driver's role: whoever holds it ends the job and sends the
+            # interruptions before giving the role up (_release_driver).
+            self._cancel_requests.append(job)
+            busy = self._driving or self._handover
+            if not busy:
                 self._driving = True
-            try:
-                self._interrupt_cancelled()
-            finally:
-                self._release_driver()
+        if busy:
+            self.backend.wakeup()
+        else:
+            self._release_driver()
+        if not settle:
             return
 
         def settled() -> bool:
-            if job in self._to_cancel:
+            if job in self._cancel_requests or job in self._to_cancel:
                 return False  # the interruption has not reached the workers yet
             return not any(j is job for slot in self._slots for j, _ in slot.inflight)
 
@@ -438,20 +450,30 @@ class Engine:
         while self._to_cancel:
             job = self._to_cancel.pop()
             for slot in self._slots:
-                if slot.key is None or slot.killed or not any(j is job for j, _ in slot.inflight):
-                    continue
-                clock = self.backend.clock(slot.key)
-                clock[_clock.CANCEL] = _clock.cancel_mark(job.id)
-                if not slot.ready:
-                    continue  # runs nothing yet, and may not handle the signal yet (a forkserver child): the mark
-                    # on its clock makes it skip the job's chunks
-                self.backend.interrupt(slot.key)
-                running = clock[_clock.TAG]
-                if (self.backend.supports_interrupt and slot.interrupted is None
-                        and clock[_clock.INDEX] != _clock.SENDING
-                        and any(j is job and c.tag == running for j, c in slot.inflight)):
-                    slot.interrupted = _Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE,
-                                                    None)
+                if slot.key is not None and not slot.killed and any(j is job for j, _ in slot.inflight):
+                    self._stop_unwanted_chunk(slot, job)
+
+    def _stop_unwanted_chunk(self, slot: _Slot, job: Job) -> None:
+        """Mark on *slot*'s clock the job whose chunks it must not run, and interrupt the one running.
+
+        The clock holds one mark: the job of the worker's head chunk (the one running, or about to) goes first;
+        the chunks queued behind it are marked in turn as each reaches the head (see _on_message). Called between
+        events, never while handling one.
+        """
+        assert slot.key is not None
+        head_job = slot.inflight[0][0]
+        if head_job.finished:
+            job = head_job
+        clock = self.backend.clock(slot.key)
+        clock[_clock.CANCEL] = _clock.cancel_mark(job.id)
+        if not slot.ready:
+            return  # runs nothing yet, and may not handle the signal yet (a forkserver child): the mark on its
+            # clock makes it skip the job's chunks
+        self.backend.interrupt(slot.key)
+        running = clock[_clock.TAG]
+        if (self.backend.supports_interrupt and slot.interrupted is None and clock[_clock.INDEX] != _clock.SENDING
+                and any(j is job and c.tag == running for j, c in slot.inflight)):
+            slot.interrupted = _Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE, None)
 
     def _dispatch(self) -> None:
         self._forget_functions()
@@ -576,7 +598,8 @@ class Engine:
             return  # from a worker already given up on (a disowned thread)
         kind = type(message)
         if kind is Undecodable:
-            self._on_undecodable(slot, message.error)
+            if not slot.killed:  # (a killed worker's late answers are ignored, as below)
+                self._on_undecodable(slot, message.error)
         elif kind is ChunkDone:
             if slot.killed:
                 # From a worker being stopped (a timeout): what it still had is sent again when it has exited.
@@ -596,6 +619,10 @@ class Engine:
                 job.complete(chunk, message.values, message.failures, message.duration)
             if self.insights is not None and message.stats is not None:
                 self.insights.update(slot.worker_id, key, message.stats)
+            if slot.inflight and slot.inflight[0][0].finished:
+                # Next in line, of an ended job: marked after this step's events (the worker may have ended in
+                # the same batch, and its backend forgotten it).
+                self._to_cancel.append(slot.inflight[0][0])
             if not slot.inflight and (slot.stop_sent or self._lifespan_reached(slot)):
                 self._exit_began(slot)
         elif kind is WorkerReady:
@@ -791,11 +818,12 @@ class Engine:
         assert slot.key is not None
         job, chunk = slot.inflight[0]
         clock = self.backend.clock(slot.key)
-        position = clock[_clock.INDEX]
+        start_ns, position = clock[_clock.START_NS], clock[_clock.INDEX]
+        if not start_ns or clock[_clock.TAG] != chunk.tag or not 0 <= position < len(chunk.items):
+            return  # it returned a moment ago (the deadline was read before); its answer is on its way
         what = (f"task {chunk.start + position} ({describe_unpicklable(chunk.items[position])}) ran longer than "
                 f"task_timeout={chunk.task_timeout}s")
         if self.backend.supports_interrupt:
-            start_ns = clock[_clock.START_NS]
             error = TaskTimeoutError(f"{what} and did not stop within {INTERRUPT_GRACE}s of being interrupted; "
                                      f"worker {slot.worker_id} (pid {slot.pid}) was stopped")
             self._interrupt(slot, Due.TASK, start_ns, chunk.tag, error)
@@ -900,14 +928,11 @@ class Engine:
         return self.drive(lambda: not self._async_jobs, timeout)
 
     def _close_backend(self, timeout: float) -> None:
+        with self._cv:
+            self.closed = True
         self._end_calls(PoolClosedError("the pool was closed before this call finished; its remaining tasks were "
                                         "dropped"))
-        self.closed = True
         self.backend.close(timeout)  # idempotent, and resumes a close interrupted by a second Ctrl-C
-        background = self._background
-        if background is not None and background is not threading.current_thread():
-            with self._cv:
-                self._cv.notify_all()
 
 
 def _describe_exitcode(exitcode: int | None) -> str:

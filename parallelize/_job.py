@@ -91,7 +91,12 @@ class Job:
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
-        self._unconsumed = 0  # items read from the input whose results the caller has not taken (max_active)
+        # Items read from the input, minus those whose results the caller took or that were skipped, bound the
+        # read-ahead (max_active). One writer each (the driver reads and skips, the caller takes), so no update
+        # can be lost between the two threads.
+        self._n_read = 0
+        self._n_skipped = 0
+        self._n_taken = 0
         self.error: BaseException | None = None
         self.cancelled = False
         self.progress_listeners: list[Callable[[int], None]] = []
@@ -120,7 +125,7 @@ class Job:
         else:
             if self.exhausted:
                 return None
-            if self.max_active is not None and self._unconsumed >= self.max_active:
+            if self.max_active is not None and self._n_read - self._n_taken - self._n_skipped >= self.max_active:
                 # Results waiting to be taken count too: in flight, reordering or ready, they are all held here.
                 return None
             try:
@@ -138,7 +143,7 @@ class Job:
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
-            self._unconsumed += len(items)
+            self._n_read += len(items)
         self.n_active_chunks += 1
         self.n_active_tasks += len(chunk.items)
         return chunk
@@ -235,7 +240,7 @@ class Job:
             out = []
             while self._ready:
                 out.extend(self._ready.popleft())
-        self._unconsumed -= len(out)
+        self._n_taken += len(out)
         self._handed_out = out
         return out
 
@@ -285,7 +290,7 @@ class Job:
 
     def _chunk_done(self, chunk_id: int, values: list[Any]) -> None:
         _, size = self._sizes.pop(chunk_id)
-        self._unconsumed -= size - len(values)  # skipped items: nothing to take
+        self._n_skipped += size - len(values)  # skipped items: nothing to take
         if self.ordered:
             self._completed[chunk_id] = values
             while self._emit_next in self._completed:

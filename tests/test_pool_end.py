@@ -90,3 +90,23 @@ def test_decorated_imap_raises_at_once_after_close(method: str) -> None:
     assert cpu < 2.0
     assert decorated_slow_square(range(4)) == [0, 1, 4, 9]  # a new pool for the next call
     decorated_slow_square.close()
+
+
+@parallel(n_jobs=2)
+def plain_identity(x: int) -> int:
+    return x
+
+
+def test_an_unread_imap_keeps_its_pool_when_another_call_changes_the_settings() -> None:
+    # The imap counts as running from the call on, not from its first next(): the pool cache must not stop its
+    # engine when the next call needs other workers.
+    try:
+        pending = plain_identity.imap(range(20))
+        assert plain_identity(range(5), n_jobs=1) == list(range(5))
+        assert list(pending) == list(range(20))
+        first = plain_identity.imap(range(5), keep_alive=False)
+        second = plain_identity.imap(range(6), keep_alive=False)
+        assert list(second) == list(range(6))
+        assert list(first) == list(range(5))
+    finally:
+        plain_identity.close()
