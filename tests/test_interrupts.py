@@ -166,3 +166,37 @@ def test_a_failed_call_kills_a_worker_stuck_in_an_uninterruptible_task() -> None
     assert fault_tasks.chaos(range(4)) == [0, 1, 4, 9]
     assert time.monotonic() - t0 < 10, "the pool waited for the uninterruptible task of a failed call"
     fault_tasks.chaos.close()
+
+
+def spin(seconds: float) -> float:
+    """Busy Python code: interruptible at once."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return seconds
+
+
+@pytest.mark.parametrize("order", ["running first", "queued first"])
+def test_two_calls_cancelled_together_on_one_worker_both_stop(order: str) -> None:
+    # One worker runs a chunk of call A and holds a chunk of call B behind it; both calls are abandoned at once.
+    # The worker's clock holds one cancel mark: neither chunk may run on unwatched, and the worker is not killed.
+    from parallelize._calls import map_job
+    from parallelize._engine import Engine, WorkerSettings
+
+    engine = Engine(WorkerSettings(n_jobs=1, start_method="fork"))
+    try:
+        a = map_job(engine, spin, [20.0], n_jobs=1, ordered=True, chunk_size=1)
+        b = map_job(engine, spin, [20.0], n_jobs=1, ordered=True, chunk_size=1)
+        engine.submit(a)
+        engine.submit(b)
+        assert engine.drive(lambda: all(s.ready and len(s.inflight) == 2 and s.key is not None
+                                        and engine.backend.clock(s.key)[2] for s in engine._slots), 20)
+        pids = engine.worker_pids()
+        t0 = time.monotonic()
+        for job in ((a, b) if order == "running first" else (b, a)):
+            engine.cancel(job)
+        assert engine.drive(lambda: not any(s.inflight for s in engine._slots), 10)
+        assert time.monotonic() - t0 < 0.9, "a cancelled chunk ran on until its worker was killed"
+        assert engine.worker_pids() == pids
+    finally:
+        engine.terminate()
