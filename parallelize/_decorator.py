@@ -22,7 +22,7 @@ from . import _config
 from ._calls import apply_job, map_job, started
 from ._chunking import is_numpy_array, known_length
 from ._config import Options
-from ._engine import Engine, WorkerSettings
+from ._engine import Engine
 from ._errors import ConfigError, PoolClosedError
 from ._frames import drop_library_frames, hide_library_frames, hides_library_frames, raises_job_errors
 from ._job import Job
@@ -30,6 +30,7 @@ from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
 from ._serial import SerialWorker
 from ._serialize import note_task
+from ._settings import WorkerSettings
 from ._worker import call_item, in_worker
 
 SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
@@ -169,15 +170,6 @@ class _Core:
             self.targets[id(bind_to)] = target
         return target
 
-    def settings(self, options: Options) -> WorkerSettings:
-        return WorkerSettings(
-            n_jobs=options.n_jobs, start_method=options.start_method, daemon=options.daemon, cpu_ids=options.cpu_ids,
-            shared_objects=options.shared_objects, pass_worker_id=options.pass_worker_id,
-            use_worker_state=options.worker_state, worker_init=options.worker_init, worker_exit=options.worker_exit,
-            worker_lifespan=options.worker_lifespan, max_worker_memory=options.max_worker_memory,
-            insights=options.enable_insights,
-        )
-
     def resolve(self, call_options: dict[str, Any]) -> Options:
         checked = _config.validate(call_options, f"{self.qualname}()")
         options, _ = _config.resolve(self.options, checked)
@@ -238,7 +230,7 @@ class _Core:
     def start_map(self, target: TaskTarget, iterable: Any, options: Options,
                   ordered: bool) -> tuple[Engine, Job, ProgressBar | None]:
         """The pool for *options*, and a job (with its progress bar) of *target* over *iterable* on it."""
-        engine = self.holder.engine_for(self.settings(options))
+        engine = self.holder.engine_for(WorkerSettings.from_options(options))
         job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
                       n_splits=options.n_splits, task_timeout=options.task_timeout,
@@ -262,7 +254,7 @@ class _Core:
     def run_serial(self, target: TaskTarget, iterable: Any, options: Options) -> list[Any]:
         """Everything in this process, as a single worker would: init hook, each item, exit hook."""
         worker = SerialWorker(pass_worker_id=options.pass_worker_id, shared_objects=options.shared_objects,
-                              use_worker_state=options.worker_state)
+                              worker_state=options.worker_state)
         worker.init(options.worker_init)
         func = worker.bind(target.parallelize_callable)
         results: list[Any] = []
@@ -304,7 +296,7 @@ class _Core:
                 future.set_result(job.pop_ready()[0])
 
         for attempt in range(SUBMIT_ATTEMPTS):
-            engine = self.holder.engine_for(self.settings(options))
+            engine = self.holder.engine_for(WorkerSettings.from_options(options))
             job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
                             worker_init_timeout=options.worker_init_timeout,
                             worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,

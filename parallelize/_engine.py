@@ -41,6 +41,7 @@ from ._messages import (
     WorkerReady,
 )
 from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception, unpack_exception
+from ._settings import WorkerSettings
 from ._sigint import SigintHold
 from ._worker import WorkerSpec
 from .backends import Backend, create_backend
@@ -78,31 +79,6 @@ class _Interrupted:
     tag: int  # the chunk that was running (0 for a hook)
     kill_at: float
     error: BaseException | None  # what the call gets if the worker has to be killed
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Everything fixed for a worker's life; a change means new workers."""
-
-    n_jobs: int
-    start_method: str
-    daemon: bool = True
-    cpu_ids: tuple[tuple[int, ...] | None, ...] = ()
-    shared_objects: Any = None
-    pass_worker_id: bool = False
-    use_worker_state: bool = False
-    worker_init: Callable[..., Any] | None = None
-    worker_exit: Callable[..., Any] | None = None
-    worker_lifespan: int | None = None
-    max_worker_memory: int | None = None
-    insights: bool = False
-
-    def same_workers(self, other: WorkerSettings) -> bool:
-        """Equal settings, comparing objects by identity (an ndarray has no usable ==)."""
-        return all(getattr(self, f) is getattr(other, f) or getattr(self, f) == getattr(other, f)
-                   for f in ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worker_id", "use_worker_state",
-                             "worker_lifespan", "max_worker_memory", "insights")) and all(
-            getattr(self, f) is getattr(other, f) for f in ("shared_objects", "worker_init", "worker_exit"))
 
 
 @dataclass
@@ -153,7 +129,7 @@ class Engine:
         self._next_deadline: float | None = None  # computed before each wait; nothing is due before it
         self.exit_results: list[Any] = []
         self.exit_errors: list[BaseException] = []
-        self.insights = InsightsCollector(settings.n_jobs) if settings.insights else None
+        self.insights = InsightsCollector(settings.n_jobs) if settings.enable_insights else None
         self._stopping = False
         self._start_failures = 0  # workers in a row that died before they were ready (see _on_exit)
         self.closed = False
@@ -567,12 +543,12 @@ class Engine:
             functions=functions,
             shared_objects=settings.shared_objects,
             pass_worker_id=settings.pass_worker_id,
-            use_worker_state=settings.use_worker_state,
+            worker_state=settings.worker_state,
             worker_init=settings.worker_init,
             worker_exit=settings.worker_exit,
-            lifespan=settings.worker_lifespan,
-            max_memory=settings.max_worker_memory,
-            insights=settings.insights,
+            worker_lifespan=settings.worker_lifespan,
+            max_worker_memory=settings.max_worker_memory,
+            enable_insights=settings.enable_insights,
             cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
             created_at=time.time(),
         )

@@ -12,7 +12,8 @@ import threading
 import weakref
 from typing import Any
 
-from ._engine import Engine, WorkerSettings
+from ._engine import Engine
+from ._settings import WorkerSettings
 
 logger = logging.getLogger("parallelize")
 

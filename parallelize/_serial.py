@@ -16,8 +16,8 @@ from ._worker import leading_arguments
 class SerialWorker:
     """Worker 0, in this thread: its leading arguments, its state, and its hooks."""
 
-    def __init__(self, *, pass_worker_id: bool, shared_objects: Any, use_worker_state: bool) -> None:
-        self.prefix = leading_arguments(0, pass_worker_id, shared_objects, use_worker_state)
+    def __init__(self, *, pass_worker_id: bool, shared_objects: Any, worker_state: bool) -> None:
+        self.prefix = leading_arguments(0, pass_worker_id, shared_objects, worker_state)
         self.init_ran = False
 
     def init(self, worker_init: Callable[..., Any] | None) -> None:

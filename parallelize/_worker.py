@@ -72,12 +72,12 @@ class WorkerSpec:
     functions: dict[int, Callable[..., Any]] = field(default_factory=dict)
     shared_objects: Any = None
     pass_worker_id: bool = False
-    use_worker_state: bool = False
+    worker_state: bool = False
     worker_init: Callable[..., Any] | None = None
     worker_exit: Callable[..., Any] | None = None
-    lifespan: int | None = None  # tasks after which the worker ends itself
-    max_memory: int | None = None  # bytes of RSS after which the worker ends itself (checked between chunks)
-    insights: bool = False
+    worker_lifespan: int | None = None  # tasks after which the worker ends itself
+    max_worker_memory: int | None = None  # bytes of RSS after which the worker ends itself (checked between chunks)
+    enable_insights: bool = False
     cpu_ids: tuple[int, ...] | None = None
     created_at: float = 0.0  # time.time() when the parent started the worker
 
@@ -184,7 +184,7 @@ def _run_hook(name: str, hook: Callable[..., Any], prefix: list[Any],
         _Running.hook = ""
 
 
-def leading_arguments(worker_id: int, pass_worker_id: bool, shared_objects: Any, use_worker_state: bool) -> list[Any]:
+def leading_arguments(worker_id: int, pass_worker_id: bool, shared_objects: Any, worker_state: bool) -> list[Any]:
     """What every task and hook of a worker receives before its own arguments: worker id, shared objects, state
     (a dict that lives as long as the worker), each only when enabled."""
     prefix: list[Any] = []
@@ -192,7 +192,7 @@ def leading_arguments(worker_id: int, pass_worker_id: bool, shared_objects: Any,
         prefix.append(worker_id)
     if shared_objects is not None:
         prefix.append(shared_objects)
-    if use_worker_state:
+    if worker_state:
         prefix.append({})
     return prefix
 
@@ -202,15 +202,15 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     started = time.time()
     _thread_state.active = True
     _Running.worker_id = spec.worker_id
-    prefix = leading_arguments(spec.worker_id, spec.pass_worker_id, spec.shared_objects, spec.use_worker_state)
-    insights = _Insights() if spec.insights else None
+    prefix = leading_arguments(spec.worker_id, spec.pass_worker_id, spec.shared_objects, spec.worker_state)
+    insights = _Insights() if spec.enable_insights else None
 
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
     if not _initialise(spec.worker_init, prefix, channel, clock, spec.worker_id, start_up):
         return
     init_ran = spec.worker_init is not None
     worker_exit = spec.worker_exit
-    lifespan = spec.lifespan
+    lifespan = spec.worker_lifespan
 
     # This worker's own copy of the registry (made for it when it started), kept in step by the parent's messages.
     functions = spec.functions
@@ -234,10 +234,10 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         if lifespan is not None and n_done >= lifespan:
             reason = "lifespan"
             break
-        if spec.max_memory is not None and time.monotonic() >= next_memory_check:
+        if spec.max_worker_memory is not None and time.monotonic() >= next_memory_check:
             next_memory_check = time.monotonic() + MEMORY_CHECK_INTERVAL
             rss = _rss()
-            if rss > spec.max_memory:
+            if rss > spec.max_worker_memory:
                 reason = "memory"
                 break
         t_wait = time.perf_counter()

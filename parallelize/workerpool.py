@@ -24,13 +24,14 @@ from . import _validation as check
 from ._calls import apply_job, cut, map_job, run
 from ._chunking import is_numpy_array
 from ._cpu import cpu_count
-from ._engine import Engine, WorkerSettings
+from ._engine import Engine
 from ._errors import PoolBusyError, ResultTimeoutError
 from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
 from ._progress import ProgressBar, check_progress_options
 from ._serial import SerialWorker
+from ._settings import WorkerSettings
 from ._worker import call_item
 
 logger = logging.getLogger("parallelize")
@@ -409,8 +410,8 @@ class WorkerPool:
         return WorkerSettings(
             n_jobs=self._n_jobs, start_method=self._start_method, daemon=self._daemon, cpu_ids=self._cpu_ids,
             shared_objects=self._shared_objects, pass_worker_id=self._pass_worker_id,
-            use_worker_state=self._use_worker_state, worker_init=worker_init, worker_exit=worker_exit,
-            worker_lifespan=worker_lifespan, insights=self._enable_insights,
+            worker_state=self._use_worker_state, worker_init=worker_init, worker_exit=worker_exit,
+            worker_lifespan=worker_lifespan, enable_insights=self._enable_insights,
         )
 
     def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Engine:
@@ -454,7 +455,7 @@ class WorkerPool:
             _log_restart()
             self._stop_serial()
         worker = SerialWorker(pass_worker_id=settings.pass_worker_id, shared_objects=settings.shared_objects,
-                              use_worker_state=settings.use_worker_state)
+                              worker_state=settings.worker_state)
         worker.init(settings.worker_init)
         self._serial_worker, self._serial_settings = worker, settings
         return worker
