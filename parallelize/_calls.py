@@ -9,7 +9,8 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
-from ._engine import PREFETCH, Engine
+from ._dispatch import PREFETCH
+from ._engine import Engine
 from ._errors import PoolClosedError
 from ._frames import drop_library_frames, raises_job_errors
 from ._job import Job

@@ -13,7 +13,7 @@ import pytest
 from tests import fault_tasks
 from tests.helpers import announced_marking_hook, get_pid, marking_hook, second, sleep_holding, sleep_then_mark, wait_on
 
-from parallelize import TaskTimeoutError, WorkerPool, parallel
+from parallelize import TaskTimeoutError, WorkerPool, _clock, parallel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,7 +181,9 @@ def test_two_calls_cancelled_together_on_one_worker_both_stop(order: str) -> Non
     # One worker runs a chunk of call A and holds a chunk of call B behind it; both calls are abandoned at once.
     # The worker's clock holds one cancel mark: neither chunk may run on unwatched, and the worker is not killed.
     from parallelize._calls import map_job
-    from parallelize._engine import Engine, WorkerSettings
+    from parallelize._engine import Engine
+    from parallelize._settings import WorkerSettings
+    from parallelize._workers import Life
 
     engine = Engine(WorkerSettings(n_jobs=1, start_method="fork"))
     try:
@@ -189,13 +191,13 @@ def test_two_calls_cancelled_together_on_one_worker_both_stop(order: str) -> Non
         b = map_job(engine, spin, [20.0], n_jobs=1, ordered=True, chunk_size=1)
         engine.submit(a)
         engine.submit(b)
-        assert engine.drive(lambda: all(s.ready and len(s.inflight) == 2 and s.key is not None
-                                        and engine.backend.clock(s.key)[2] for s in engine._slots), 20)
+        assert engine.drive(lambda: all(s.life is Life.SERVING and len(s.inflight) == 2 and s.key is not None
+                                        and engine.backend.clock(s.key)[_clock.TAG] for s in engine._workers), 20)
         pids = engine.worker_pids()
         t0 = time.monotonic()
         for job in ((a, b) if order == "running first" else (b, a)):
             engine.cancel(job)
-        assert engine.drive(lambda: not any(s.inflight for s in engine._slots), 10)
+        assert engine.drive(lambda: not any(s.inflight for s in engine._workers), 10)
         assert time.monotonic() - t0 < 0.9, "a cancelled chunk ran on until its worker was killed"
         assert engine.worker_pids() == pids
     finally:

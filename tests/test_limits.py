@@ -371,7 +371,7 @@ def test_a_function_called_again_is_not_sent_again_while_it_is_kept() -> None:
             assert pool.map(func, range(4)) == [0, 1, 2, 3]
         engine = pool._engine
         assert engine is not None
-        assert len(engine._functions) == 1  # registered once, however many calls used it
+        assert len(engine._state.functions) == 1  # registered once, however many calls used it
 
 
 def test_fresh_functions_never_run_a_dropped_one_whose_id_was_reused() -> None:

@@ -1,0 +1,151 @@
+"""Dispatch: which chunk goes to which worker, and stopping the chunks nobody wants any more.
+
+Each worker gets up to PREFETCH chunks, so it never idles waiting for the parent; the least busy worker gets the
+next chunk (or the one a job pins it to, see Job.slot_of_chunk). A worker learns a function the first time it gets
+a chunk of it, and forgets it when no call uses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from . import _clock
+from ._deadlines import INTERRUPT_GRACE, Due, Interrupted
+from ._job import Job
+from ._messages import STOP, RegisterFunc, RunChunk, UnregisterFunc
+from ._pool_state import PoolState
+from ._serialize import describe_unpicklable, dumps
+from ._workers import Life, WorkerSlot
+
+PREFETCH = 2  # chunks queued per worker: it never idles waiting for the parent
+
+
+class Dispatcher:
+    def __init__(self, state: PoolState) -> None:
+        self._state = state
+        self._workers = state.workers
+        self._tags = itertools.count(1)
+
+    def dispatch(self) -> None:
+        """Send the chunks the workers have room for (starting workers in vacant slots), or, once the pool is
+        stopping, tell every worker to stop."""
+        self._forget_functions()
+        if self._state.stopping:
+            self._send_stops()
+            return
+        if not self._state.jobs:
+            return
+        for slot in self._workers:
+            if slot.life is Life.VACANT:
+                self._workers.start(slot, self._state.functions.snapshot())
+        for job in self._state.jobs:
+            while not job.finished:
+                target = self._slot_for(job)
+                if target is None:
+                    break
+                chunk = job.take()
+                if chunk is None:
+                    break
+                self._send_chunk(target, job, chunk)
+
+    def teach(self, slot: WorkerSlot, func_id: int) -> None:
+        """Send the worker in *slot* a function it does not know yet."""
+        assert slot.key is not None
+        if func_id not in slot.known_funcs:
+            self._workers.backend.send(slot.key, RegisterFunc(func_id, self._state.functions.payload(func_id)))
+            slot.known_funcs.add(func_id)
+
+    def interrupt_cancelled(self) -> None:
+        """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`).
+
+        A worker whose running chunk does not return within INTERRUPT_GRACE (a task stuck in C code) is killed
+        (see _deadlines).
+        """
+        to_cancel = self._state.to_cancel
+        while to_cancel:
+            job = to_cancel.pop()
+            for slot in self._workers:
+                if slot.running and any(j is job for j, _ in slot.inflight):
+                    self._stop_unwanted_chunk(slot, job)
+
+    def _stop_unwanted_chunk(self, slot: WorkerSlot, job: Job) -> None:
+        """Mark on *slot*'s clock the job whose chunks it must not run, and interrupt the one running.
+
+        The clock holds one mark: the job of the worker's head chunk (the one running, or about to) goes first;
+        the chunks queued behind it are marked in turn as each reaches the head (see _answers). Called between
+        events, never while handling one.
+        """
+        assert slot.key is not None
+        head_job = slot.inflight[0][0]
+        if head_job.finished:
+            job = head_job
+        clock = self._workers.clock(slot)
+        clock[_clock.CANCEL] = _clock.cancel_mark(job.id)
+        if slot.life is Life.STARTING:
+            return  # runs nothing yet, and may not handle the signal yet (a forkserver child): the mark on its
+            # clock makes it skip the job's chunks
+        backend = self._workers.backend
+        backend.interrupt(slot.key)
+        running = clock[_clock.TAG]
+        if (backend.supports_interrupt and slot.interrupted is None and clock[_clock.INDEX] != _clock.SENDING
+                and any(j is job and c.tag == running for j, c in slot.inflight)):
+            slot.interrupted = Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE, None)
+
+    def _slot_for(self, job: Job) -> WorkerSlot | None:
+        lifespan = self._state.settings.worker_lifespan
+        if job.slot_of_chunk is not None:
+            slot = self._workers.slots[job.slot_of_chunk(job.peek_chunk_id())]
+            return slot if slot.takes_chunks(lifespan, PREFETCH) else None
+        best: WorkerSlot | None = None
+        for slot in self._workers:
+            if slot.takes_chunks(lifespan, PREFETCH) and (best is None or len(slot.inflight) < len(best.inflight)):
+                best = slot
+                if not slot.inflight:
+                    break
+        return best
+
+    def _send_chunk(self, slot: WorkerSlot, job: Job, chunk: RunChunk) -> None:
+        assert slot.key is not None
+        self.teach(slot, chunk.func_id)
+        chunk = chunk._replace(tag=next(self._tags))
+        try:
+            self._workers.backend.send(slot.key, chunk)
+        except Exception as exc:
+            job.requeue(chunk)  # balance the bookkeeping; the job fails just below
+            job.fail(_unpicklable_arguments(chunk, exc))
+            return
+        slot.inflight.append((job, chunk))
+        slot.n_assigned += len(chunk.items)
+
+    def _forget_functions(self) -> None:
+        """Tell the workers to drop the functions the registry dropped (no call uses them any more)."""
+        for func_id in self._state.functions.take_dropped():
+            for slot in self._workers:
+                if func_id in slot.known_funcs:
+                    slot.known_funcs.discard(func_id)
+                    if slot.reachable:
+                        assert slot.key is not None
+                        self._workers.backend.send(slot.key, UnregisterFunc(func_id))
+
+    def _send_stops(self) -> None:
+        for slot in self._workers:
+            if slot.reachable:
+                assert slot.key is not None
+                self._workers.backend.send(slot.key, STOP)
+                slot.stop_sent = True
+                if not slot.inflight:
+                    self._state.exit_began(slot)
+
+
+def _unpicklable_arguments(chunk: RunChunk, exc: BaseException) -> BaseException:
+    """The error for a chunk that could not be sent: names the first task whose arguments do not pickle."""
+    for offset, item in enumerate(chunk.items):
+        try:
+            dumps(item)
+        except Exception as item_exc:
+            error = TypeError(f"the arguments of task {chunk.start + offset} cannot be pickled to send them to a "
+                              f"worker: {describe_unpicklable(item)} ({type(item_exc).__name__}: {item_exc})")
+            error.__cause__ = item_exc
+            return error
+    return exc

@@ -1,0 +1,84 @@
+"""What the parts of a running pool share: its workers, the jobs it serves, and what it reports when it ends.
+
+Only the thread holding the driver's role (see _driving) reads or changes it, except ``incoming``, which the
+engine's lock guards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._functions import FunctionRegistry
+from ._insights import InsightsCollector
+from ._job import Job
+from ._settings import WorkerSettings
+from ._workers import Life, Workers, WorkerSlot
+from .backends import Backend
+
+
+class PoolState:
+    def __init__(self, settings: WorkerSettings, backend: Backend) -> None:
+        self.workers = Workers(settings, backend)
+        self.backend = backend
+        self.functions = FunctionRegistry()
+        self.jobs: list[Job] = []  # being served
+        self.incoming: list[Job] = []  # submitted since the last step (under the engine's lock)
+        self.to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
+        self.insights = InsightsCollector(settings.n_jobs) if settings.enable_insights else None
+        self.exit_results: list[Any] = []
+        self.exit_errors: list[BaseException] = []
+        self.stopping = False  # stop() was called: workers finish what they have, run their exit hooks and end
+        self.start_failures = 0  # workers in a row that died before they were ready (see _deaths)
+        self.strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self.workers.settings
+
+    # --- hook timeouts: settings of the calls, which travel on their jobs ---
+
+    def note_call_timeouts(self, job: Job) -> None:
+        if job.worker_exit_timeout is not None:
+            self.strictest_exit_timeout = min(job.worker_exit_timeout,
+                                              self.strictest_exit_timeout or job.worker_exit_timeout)
+
+    def init_timeout(self) -> float | None:
+        """The worker_init timeout that applies now: the strictest among the running calls (a worker serves them
+        all)."""
+        return min((t for job in self.jobs if not job.finished and (t := job.worker_init_timeout) is not None),
+                   default=None)
+
+    def exit_timeout(self) -> float | None:
+        """As init_timeout, or with no call running, the strictest of every call so far."""
+        return min((t for job in self.jobs if not job.finished and (t := job.worker_exit_timeout) is not None),
+                   default=self.strictest_exit_timeout)
+
+    def exit_began(self, slot: WorkerSlot) -> None:
+        slot.exit_began(self.exit_timeout())
+
+    # --- failures that end calls ---
+
+    def fail_all(self, error: BaseException) -> None:
+        for job in self.jobs + self.incoming:
+            job.fail(error)
+
+    def end_calls(self, error: BaseException) -> None:
+        """The pool ends: calls still open (an imap being read, a pending submit) fail with *error*, at once,
+        never ending with a silent part of their results. Calls that already have every result keep them."""
+        for job in self.jobs + self.incoming:
+            if not job.finished:
+                job.fail(error)
+                job.withdraw_results()
+
+    def init_failed(self, error: BaseException) -> None:
+        """A worker_init failed or timed out: the calls fail, and so do the other workers still in their init
+        (they would most likely fail the same way, and nobody may be left driving to enforce their timeouts)."""
+        self.fail_all(error)
+        for slot in self.workers:
+            if slot.life is Life.STARTING:
+                self.workers.kill(slot)
+
+    def exit_failed(self, error: BaseException) -> None:
+        """A worker_exit raised, timed out or returned what cannot be read here: stop() re-raises it."""
+        self.exit_errors.append(error)
+        self.fail_all(error)

@@ -1,0 +1,173 @@
+"""Worker lifetimes: a pool's fixed slots, the worker each holds at a time, and the states that worker goes through.
+
+A slot (one worker_id) outlives its workers: a worker that dies, reaches its lifespan or is killed leaves the slot
+VACANT, and the next dispatch starts another in it. A worker's life, each step named by a method of WorkerSlot:
+
+    VACANT --started--> STARTING --became_ready--> SERVING --exit_began--> EXITING --reported_end--> ENDED
+                         |   ^                        |
+                         |   +----init_runs_again-----+          any worker --was_killed--> KILLED
+                         +--init_failed--> ENDED
+
+Whatever the state, the slot goes back to VACANT only when the backend reports the process (or thread) gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, MutableSequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._settings import WorkerSettings
+from ._worker import WorkerSpec
+from .backends import Backend
+
+if TYPE_CHECKING:
+    from ._deadlines import Interrupted
+    from ._job import Job
+    from ._messages import RunChunk
+
+KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when stopping a worker
+
+
+class Life(enum.Enum):
+    VACANT = "vacant"  # no worker: the next dispatch starts one
+    STARTING = "starting"  # started; its worker_init, if any, has not finished (chunks may queue up meanwhile)
+    SERVING = "serving"  # runs chunks
+    EXITING = "exiting"  # nothing left to run, and told to stop or at its lifespan: its worker_exit may run
+    ENDED = "ended"  # said it ends (its exit report, or a failed worker_init): the process is about to go
+    KILLED = "killed"  # being killed: its late answers are ignored
+
+
+@dataclass
+class WorkerSlot:
+    """One worker position (its worker_id) and the worker in it now."""
+
+    worker_id: int
+    key: int | None = None  # the backend's name for the worker
+    pid: int | None = None
+    life: Life = Life.VACANT
+    inflight: deque[tuple[Job, RunChunk]] = field(default_factory=deque)  # sent, in the order it answers them
+    n_assigned: int = 0  # tasks sent to this worker (its lifespan counts them)
+    known_funcs: set[int] = field(default_factory=set)
+    init_hook: Callable[..., Any] | None = None  # the worker_init this worker runs or ran (it runs at most one)
+    stop_sent: bool = False  # told to stop: takes no new chunks, exits once those in flight are answered
+    answered: bool = False  # has returned a chunk
+    exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
+    interrupted: Interrupted | None = None  # asked to interrupt what it runs, and until when it may take
+
+    # --- transitions ---
+
+    def became_ready(self) -> None:
+        """Its worker_init returned (or it had none)."""
+        if self.life is Life.STARTING:
+            self.life = Life.SERVING
+
+    def init_failed(self) -> None:
+        """Its worker_init raised or timed out: it reports it and ends itself."""
+        if self.life is Life.STARTING:
+            self.life = Life.ENDED
+
+    def init_runs_again(self) -> None:
+        """A kept-alive pool's next call gave it a worker_init to run now (its timeout counts from the start)."""
+        if self.life is Life.SERVING:
+            self.life = Life.STARTING
+
+    def exit_began(self, timeout: float | None) -> None:
+        """Nothing left to run, and told to stop or at its lifespan: it may run its worker_exit within *timeout*.
+        (A worker still in its worker_init gets there when it becomes ready.)"""
+        if self.life is Life.SERVING:
+            self.life = Life.EXITING
+            self.exit_timeout = timeout
+
+    def reported_end(self) -> None:
+        if self.life is not Life.KILLED:
+            self.life = Life.ENDED
+
+    def was_killed(self) -> None:
+        self.life = Life.KILLED
+
+    # --- questions ---
+
+    @property
+    def running(self) -> bool:
+        """A worker is in the slot and may still run something (so it can be interrupted or time out)."""
+        return self.life not in (Life.VACANT, Life.KILLED)
+
+    @property
+    def reachable(self) -> bool:
+        """It can still be told something new (a function, new hooks, to stop)."""
+        return self.life in (Life.STARTING, Life.SERVING, Life.EXITING) and not self.stop_sent
+
+    def takes_chunks(self, lifespan: int | None, prefetch: int) -> bool:
+        return (self.life in (Life.STARTING, Life.SERVING) and not self.stop_sent and len(self.inflight) < prefetch
+                and (lifespan is None or self.n_assigned < lifespan))
+
+    def lifespan_reached(self, lifespan: int | None) -> bool:
+        return lifespan is not None and self.n_assigned >= lifespan
+
+
+class Workers:
+    """The slots of one pool and the backend that runs their workers."""
+
+    def __init__(self, settings: WorkerSettings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.slots = [WorkerSlot(i) for i in range(settings.n_jobs)]
+        self._by_key: dict[int, WorkerSlot] = {}
+        self._keys = itertools.count()
+
+    def __iter__(self) -> Iterator[WorkerSlot]:
+        return iter(self.slots)
+
+    def by_key(self, key: int) -> WorkerSlot | None:
+        """The slot of a worker still in it (None for one already gone, or a disowned thread)."""
+        return self._by_key.get(key)
+
+    def start(self, slot: WorkerSlot, functions: dict[int, Callable[..., Any]]) -> None:
+        """VACANT -> STARTING: a new worker in *slot*, knowing *functions* from the start."""
+        settings = self.settings
+        key = next(self._keys)
+        self.backend.start_worker(key, WorkerSpec(
+            worker_id=slot.worker_id,
+            functions=functions,
+            shared_objects=settings.shared_objects,
+            pass_worker_id=settings.pass_worker_id,
+            worker_state=settings.worker_state,
+            worker_init=settings.worker_init,
+            worker_exit=settings.worker_exit,
+            worker_lifespan=settings.worker_lifespan,
+            max_worker_memory=settings.max_worker_memory,
+            enable_insights=settings.enable_insights,
+            cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
+            created_at=time.time(),
+        ))
+        fresh = WorkerSlot(slot.worker_id, key=key, pid=self.backend.pid(key), life=Life.STARTING,
+                           known_funcs=set(functions), init_hook=settings.worker_init)
+        self.slots[slot.worker_id] = fresh
+        self._by_key[key] = fresh
+
+    def gone(self, key: int) -> WorkerSlot | None:
+        """The backend reports the worker *key* ended: its slot becomes VACANT. Returns the slot as it was."""
+        slot = self._by_key.pop(key, None)
+        if slot is not None:
+            self.slots[slot.worker_id] = WorkerSlot(slot.worker_id)
+        return slot
+
+    def kill(self, slot: WorkerSlot) -> None:
+        assert slot.key is not None
+        slot.was_killed()
+        self.backend.kill(slot.key, KILL_GRACE)
+
+    def clock(self, slot: WorkerSlot) -> MutableSequence[int]:
+        assert slot.key is not None
+        return self.backend.clock(slot.key)
+
+    def pids(self) -> list[int]:
+        return [slot.pid for slot in self.slots if slot.key is not None and slot.pid is not None]
+
+    def all_gone(self) -> bool:
+        return all(slot.key is None for slot in self.slots)
