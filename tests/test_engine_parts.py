@@ -1,0 +1,244 @@
+"""The engine's parts on their own, with no process: a worker's life states, deadlines, deaths and answers,
+driven through a fake backend that records what the engine asked of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableSequence
+from typing import Any
+
+import pytest
+
+from parallelize import _clock
+from parallelize._answers import Answers
+from parallelize._chunking import ChunkSizer, iter_chunks
+from parallelize._deadlines import INTERRUPT_GRACE, Deadlines, Due
+from parallelize._deaths import Deaths
+from parallelize._dispatch import PREFETCH, Dispatcher
+from parallelize._errors import TaskTimeoutError, WorkerDiedError
+from parallelize._job import Job
+from parallelize._messages import CALL_UNPACK, ChunkDone, WorkerExited, WorkerReady
+from parallelize._pool_state import PoolState
+from parallelize._settings import WorkerSettings
+from parallelize._worker import WorkerSpec
+from parallelize._workers import Life, WorkerSlot
+from parallelize.backends import Backend
+from parallelize.backends._base import Event
+
+
+class FakeBackend(Backend):
+    """Runs nothing: records what was sent, interrupted and killed; clocks are plain lists."""
+
+    name = "fake"
+
+    def __init__(self, *, supports_interrupt: bool = True) -> None:
+        self.supports_interrupt = supports_interrupt
+        self.started: dict[int, WorkerSpec] = {}
+        self.sent: list[tuple[int, Any]] = []
+        self.interrupted: list[int] = []
+        self.killed: list[int] = []
+        self.clocks: dict[int, list[int]] = {}
+
+    def start_worker(self, key: int, spec: WorkerSpec) -> None:
+        self.started[key] = spec
+        self.clocks[key] = [0] * _clock.SIZE
+
+    def send(self, key: int, message: Any) -> None:
+        self.sent.append((key, message))
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        return []
+
+    def wakeup(self) -> None:
+        pass
+
+    def clock(self, key: int) -> MutableSequence[int]:
+        return self.clocks[key]
+
+    def interrupt(self, key: int) -> None:
+        self.interrupted.append(key)
+
+    def kill(self, key: int, grace: float) -> None:
+        self.killed.append(key)
+
+    def pid(self, key: int) -> int | None:
+        return 1000 + key
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def make_job(state: PoolState, items: list[Any], chunk_size: int, *, task_timeout: float | None = None,
+             retries: int = 0, worker_init_timeout: float | None = None) -> Job:
+    sizer = ChunkSizer(len(items), 1, chunk_size, None)
+    return Job(0, state.functions.acquire(abs), CALL_UNPACK, iter_chunks(items, sizer, None), sizer, ordered=True, n_tasks=len(items),
+               task_timeout=task_timeout, retries=retries, worker_init_timeout=worker_init_timeout)
+
+
+def pool(n_jobs: int = 1, *, supports_interrupt: bool = True) -> tuple[PoolState, FakeBackend, Dispatcher]:
+    backend = FakeBackend(supports_interrupt=supports_interrupt)
+    state = PoolState(WorkerSettings(n_jobs=n_jobs, start_method="fork"), backend)
+    return state, backend, Dispatcher(state)
+
+
+def serving(state: PoolState, dispatcher: Dispatcher, job: Job) -> WorkerSlot:
+    """Submit *job*, start the worker, let it report ready; returns its slot with chunks in flight."""
+    state.jobs.append(job)
+    dispatcher.dispatch()
+    slot = state.workers.slots[0]
+    assert slot.key is not None
+    Answers(state).on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, None))
+    return slot
+
+
+# --- a worker's life ---
+
+def test_a_worker_life_goes_through_its_states_by_named_transitions() -> None:
+    slot = WorkerSlot(0, key=1, life=Life.STARTING)
+    assert slot.takes_chunks(None, PREFETCH)  # chunks may queue behind its worker_init
+    slot.became_ready()
+    assert slot.life is Life.SERVING
+    slot.init_runs_again()
+    assert slot.life is Life.STARTING
+    slot.became_ready()
+    slot.exit_began(2.5)
+    assert (slot.life, slot.exit_timeout) == (Life.EXITING, 2.5)
+    assert not slot.takes_chunks(None, PREFETCH)
+    slot.reported_end()
+    assert slot.life is Life.ENDED and not slot.reachable and slot.running
+
+
+def test_a_worker_whose_init_failed_takes_no_chunks_and_a_killed_one_stays_killed() -> None:
+    slot = WorkerSlot(0, key=1, life=Life.STARTING)
+    slot.init_failed()
+    assert slot.life is Life.ENDED and not slot.takes_chunks(None, PREFETCH)
+    slot.was_killed()
+    slot.became_ready()  # a late report from a worker being killed changes nothing
+    slot.reported_end()
+    assert slot.life is Life.KILLED and not slot.running
+
+
+def test_a_worker_told_to_stop_during_its_init_exits_once_ready_with_the_exit_timeout_then() -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1], 1)
+    state.jobs.append(job)
+    dispatcher.dispatch()
+    slot = state.workers.slots[0]
+    slot.inflight.clear()  # as if its only chunk were answered
+    state.jobs.clear()
+    state.stopping = True
+    state.strictest_exit_timeout = 3.0
+    dispatcher.dispatch()
+    assert slot.stop_sent and slot.life is Life.STARTING  # its worker_init still runs: the init deadline applies
+    assert slot.key is not None
+    Answers(state).on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, None))
+    assert (slot.life, slot.exit_timeout) == (Life.EXITING, 3.0)
+
+
+def test_a_worker_at_its_lifespan_takes_no_more_chunks_and_begins_its_exit_when_answered() -> None:
+    backend = FakeBackend()
+    state = PoolState(WorkerSettings(n_jobs=1, start_method="fork", worker_lifespan=2), backend)
+    dispatcher = Dispatcher(state)
+    job = make_job(state, list(range(6)), 1)
+    slot = serving(state, dispatcher, job)
+    assert [c.items for _, c in slot.inflight] == [[0], [1]]
+    dispatcher.dispatch()
+    assert len(slot.inflight) == 2  # at its lifespan: nothing more for it
+    answers = Answers(state)
+    assert slot.key is not None
+    for _, chunk in list(slot.inflight):
+        answers.on_message(slot.key, ChunkDone(chunk.tag, [chunk.items[0]], None, False, 0.0, None))
+    assert slot.life is Life.EXITING
+
+
+# --- deadlines ---
+
+def test_a_task_past_its_timeout_is_interrupted_then_its_worker_killed_after_the_grace() -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1, 2], 2, task_timeout=0.5)
+    slot = serving(state, dispatcher, job)
+    _, chunk = slot.inflight[0]
+    assert slot.key is not None
+    clock = backend.clocks[slot.key]
+    clock[_clock.START_NS] = time.monotonic_ns() - 10**9  # the task started a second ago
+    clock[_clock.TAG], clock[_clock.INDEX] = chunk.tag, 1
+    deadlines = Deadlines(state)
+    nearest = deadlines.nearest()
+    assert nearest is not None and nearest <= time.monotonic()
+    deadlines.enforce()
+    assert backend.interrupted == [slot.key] and clock[_clock.TIMEOUT_NS] == clock[_clock.START_NS]
+    assert slot.interrupted is not None and slot.interrupted.due is Due.TASK and not backend.killed
+    slot.interrupted.kill_at = time.monotonic() - 1  # the grace is over and the task still runs
+    deadlines.enforce()
+    assert backend.killed == [slot.key] and slot.life is Life.KILLED
+    assert isinstance(job.error, TaskTimeoutError) and "task 1 (2)" in str(job.error)
+    assert f"within {INTERRUPT_GRACE}s" in str(job.error)
+
+
+def test_a_timed_task_that_has_not_started_is_looked_at_again_a_timeout_later_not_failed() -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1], 1, task_timeout=60.0)
+    serving(state, dispatcher, job)
+    deadlines = Deadlines(state)
+    nearest = deadlines.nearest()
+    assert nearest is not None and nearest > time.monotonic() + 50
+    deadlines.enforce()
+    assert not backend.interrupted and job.error is None
+
+
+def test_without_interrupts_a_timed_out_task_abandons_its_worker_at_once() -> None:
+    state, backend, dispatcher = pool(supports_interrupt=False)
+    job = make_job(state, [7], 1, task_timeout=0.1)
+    slot = serving(state, dispatcher, job)
+    assert slot.key is not None
+    clock = backend.clocks[slot.key]
+    clock[_clock.START_NS], clock[_clock.TAG], clock[_clock.INDEX] = 1, slot.inflight[0][1].tag, 0
+    Deadlines(state).enforce()
+    assert backend.killed == [slot.key] and not backend.interrupted
+    assert isinstance(job.error, TaskTimeoutError) and "abandoned" in str(job.error)
+
+
+def test_an_init_past_its_timeout_is_interrupted_with_the_strictest_timeout_of_the_running_calls() -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1], 1, worker_init_timeout=5.0)
+    strict = make_job(state, [1], 1, worker_init_timeout=0.5)
+    state.jobs.extend([job, strict])
+    dispatcher.dispatch()
+    slot = state.workers.slots[0]
+    assert slot.key is not None
+    backend.clocks[slot.key][_clock.START_NS] = time.monotonic_ns() - 10**9  # its init started a second ago
+    Deadlines(state).enforce()
+    assert slot.interrupted is not None and slot.interrupted.due is Due.INIT
+    assert "worker_init_timeout=0.5s" in str(slot.interrupted.error)
+
+
+# --- deaths ---
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_dead_worker_fails_the_task_its_clock_names_and_sends_the_rest_again(retries: int) -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [10, 11, 12, 13], 2, retries=retries)
+    slot = serving(state, dispatcher, job)
+    (_, running), (_, queued) = slot.inflight
+    assert slot.key is not None
+    Deaths(state).on_exit(slot.key, -9, (0, 1, running.tag, 0, 0))
+    assert state.workers.slots[0].life is Life.VACANT
+    if retries:
+        assert job.error is None
+        resent = [job.take() for _ in range(3)]
+        assert sorted(c.items[0] for c in resent if c is not None) == [10, 11, 12]  # 13 comes with 12's chunk
+    else:
+        assert isinstance(job.error, WorkerDiedError)
+        assert "task 1 (11)" in str(job.error) and "SIGKILL" in str(job.error)
+    assert queued.items == [12, 13]
+
+
+def test_a_worker_that_said_it_ends_is_not_reported_as_dead() -> None:
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1], 1)
+    slot = serving(state, dispatcher, job)
+    assert slot.key is not None
+    Answers(state).on_message(slot.key, WorkerExited(0, "bye", 0.0, None, None, "stop", 0, True))
+    Deaths(state).on_exit(slot.key, 0, (0, 0, 0, 0, 0))
+    assert state.exit_results == ["bye"]
+    assert job.take() is not None and job.error is None  # its chunk is sent again, nothing failed
