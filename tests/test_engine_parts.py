@@ -71,8 +71,8 @@ class FakeBackend(Backend):
 def make_job(state: PoolState, items: list[Any], chunk_size: int, *, task_timeout: float | None = None,
              retries: int = 0, worker_init_timeout: float | None = None) -> Job:
     sizer = ChunkSizer(len(items), 1, chunk_size, None)
-    return Job(0, state.functions.acquire(abs), CALL_UNPACK, iter_chunks(items, sizer, None), sizer, ordered=True, n_tasks=len(items),
-               task_timeout=task_timeout, retries=retries, worker_init_timeout=worker_init_timeout)
+    return Job(0, state.functions.acquire(abs), CALL_UNPACK, iter_chunks(items, sizer, None), sizer, ordered=True,
+               n_tasks=len(items), task_timeout=task_timeout, retries=retries, worker_init_timeout=worker_init_timeout)
 
 
 def pool(n_jobs: int = 1, *, supports_interrupt: bool = True) -> tuple[PoolState, FakeBackend, Dispatcher]:
@@ -119,7 +119,7 @@ def test_a_worker_whose_init_failed_takes_no_chunks_and_a_killed_one_stays_kille
 
 
 def test_a_worker_told_to_stop_during_its_init_exits_once_ready_with_the_exit_timeout_then() -> None:
-    state, backend, dispatcher = pool()
+    state, _backend, dispatcher = pool()
     job = make_job(state, [1], 1)
     state.jobs.append(job)
     dispatcher.dispatch()
@@ -216,7 +216,7 @@ def test_an_init_past_its_timeout_is_interrupted_with_the_strictest_timeout_of_t
 
 @pytest.mark.parametrize("retries", [0, 1])
 def test_a_dead_worker_fails_the_task_its_clock_names_and_sends_the_rest_again(retries: int) -> None:
-    state, backend, dispatcher = pool()
+    state, _backend, dispatcher = pool()
     job = make_job(state, [10, 11, 12, 13], 2, retries=retries)
     slot = serving(state, dispatcher, job)
     (_, running), (_, queued) = slot.inflight
@@ -234,7 +234,7 @@ def test_a_dead_worker_fails_the_task_its_clock_names_and_sends_the_rest_again(r
 
 
 def test_a_worker_that_said_it_ends_is_not_reported_as_dead() -> None:
-    state, backend, dispatcher = pool()
+    state, _backend, dispatcher = pool()
     job = make_job(state, [1], 1)
     slot = serving(state, dispatcher, job)
     assert slot.key is not None
