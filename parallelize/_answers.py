@@ -12,7 +12,7 @@ from typing import Any
 from ._errors import ConfigError, ResultPicklingError
 from ._messages import ChunkDone, RunChunk, Undecodable, WorkerExited, WorkerReady
 from ._pool_state import PoolState
-from ._serialize import TaskFailure, loads, pack_exception, unpack_exception
+from ._serialize import TaskFailure, convert_each, loads, unpack_exception
 from ._workers import Life, WorkerSlot
 
 logger = logging.getLogger("parallelize")
@@ -130,26 +130,11 @@ def _unpickle_each(chunk: RunChunk, blobs: list[Any],
                    failures: list[TaskFailure] | None) -> tuple[list[Any], list[TaskFailure] | None]:
     """The values of a chunk sent with separate_results, each unpickled on its own: one that cannot be read here
     fails its own task (a ResultPicklingError naming it) instead of the whole chunk."""
-    values: list[Any] = []
-    failed = list(failures or ())
-    failed_positions = {f.position for f in failed}
-    for position, blob in enumerate(blobs):
-        if position in failed_positions:
-            values.append(None)
-            continue
-        try:
-            values.append(loads(blob))
-        except Exception as exc:
-            error = ResultPicklingError(
-                f"the result of task {chunk.start + position} was pickled in the worker but cannot be unpickled "
-                f"here: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            failed.append(pack_exception(error, position))
-            values.append(None)
-            if not chunk.keep_going:
-                break
-    failed.sort(key=lambda f: f.position)
-    return values, failed or None
+    def error_for(position: int, blob: Any, exc: Exception) -> BaseException:
+        return ResultPicklingError(f"the result of task {chunk.start + position} was pickled in the worker but "
+                                   f"cannot be unpickled here: {type(exc).__name__}: {exc}")
+
+    return convert_each(blobs, failures, lambda position, blob: loads(blob), error_for, chunk.keep_going)
 
 
 def _unreadable_results_error(chunk: RunChunk, error: BaseException) -> BaseException:

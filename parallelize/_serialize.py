@@ -12,6 +12,7 @@ import copyreg
 import io
 import pickle
 import traceback
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._errors import RemoteError
@@ -186,3 +187,29 @@ def unpack_exception(failure: TaskFailure) -> BaseException:
         exc = RemoteError(failure.type_name, failure.exc_repr, failure.traceback_text)
     exc.__cause__ = RemoteTraceback(failure.traceback_text)
     return exc
+
+
+def convert_each(values: list[Any], failures: list[TaskFailure] | None, convert: Callable[[int, Any], Any],
+                 error_for: Callable[[int, Any, Exception], BaseException],
+                 keep_going: bool) -> tuple[list[Any], list[TaskFailure] | None]:
+    """*values* of one chunk, each passed through ``convert(position, value)`` on its own (pickled in the worker,
+    unpickled in the parent), so one that fails fails only its own task, with ``error_for(position, value,
+    exc)``. Positions that failed already stay None. Without *keep_going* it stops at the first failure."""
+    failed = list(failures or ())
+    failed_positions = {f.position for f in failed}
+    converted: list[Any] = []
+    for position, value in enumerate(values):
+        if position in failed_positions:
+            converted.append(None)
+            continue
+        try:
+            converted.append(convert(position, value))
+        except Exception as exc:
+            error = error_for(position, value, exc)
+            error.__cause__ = exc
+            failed.append(pack_exception(error, position))
+            converted.append(None)
+            if not keep_going:
+                break
+    failed.sort(key=lambda f: f.position)
+    return converted, failed or None

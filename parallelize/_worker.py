@@ -418,31 +418,19 @@ def _send_result(
     # on its own, so a value that cannot travel fails only its own task, and a worker that dies pickling one
     # (out of memory) names it on the clock.
     from ._errors import ResultPicklingError
-    from ._serialize import dumps
+    from ._serialize import convert_each, dumps
 
-    failures = list(failures or [])
-    failed_positions = {f.position for f in failures}
-    cleaned: list[Any] = []
-    for position, value in enumerate(values):
-        if position in failed_positions:
-            cleaned.append(None)
-            continue
+    def pickled(position: int, value: Any) -> Any:
         clock[_clock.INDEX] = position
-        try:
-            blob = dumps(value)
-        except Exception as exc:
-            error = ResultPicklingError(
-                f"the result of task {chunk.start + position} cannot be pickled, so it cannot be sent back: "
-                f"{describe_unpicklable(value)} ({type(exc).__name__}: {exc})"
-            )
-            failures.append(pack_exception(error, position))
-            if not chunk.keep_going:
-                break
-            cleaned.append(None)
-            continue
-        cleaned.append(blob if chunk.separate_results else value)
+        blob = dumps(value)
+        return blob if chunk.separate_results else value
+
+    def error_for(position: int, value: Any, exc: Exception) -> BaseException:
+        return ResultPicklingError(f"the result of task {chunk.start + position} cannot be pickled, so it cannot "
+                                   f"be sent back: {describe_unpicklable(value)} ({type(exc).__name__}: {exc})")
+
+    cleaned, failures = convert_each(values, failures, pickled, error_for, chunk.keep_going)
     clock[_clock.INDEX] = _clock.SENDING
-    failures.sort(key=lambda f: f.position)
     channel.send(ChunkDone(chunk.tag, cleaned, failures, cancelled, duration, stats))
 
 
