@@ -272,6 +272,12 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         else:  # a programming error in the parent; fail loudly rather than guess
             raise TypeError(f"worker received an unknown message {type(message).__name__}")
 
+    _finish(spec.worker_id, worker_exit, prefix, channel, clock, insights, reason, rss)
+
+
+def _finish(worker_id: int, worker_exit: Callable[..., Any] | None, prefix: list[Any], channel: Channel,
+            clock: Clock, insights: _Insights | None, reason: str, rss: int) -> None:
+    """Run the exit hook, if any, and report the worker's end with what it returned."""
     exit_result: Any = None
     exit_failure: TaskFailure | None = None
     exit_time = 0.0
@@ -280,10 +286,10 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     stats = insights.snapshot() if insights is not None else None
     ran_exit = worker_exit is not None
     try:
-        channel.send(WorkerExited(spec.worker_id, exit_result, exit_time, exit_failure, stats, reason, rss, ran_exit))
+        channel.send(WorkerExited(worker_id, exit_result, exit_time, exit_failure, stats, reason, rss, ran_exit))
     except ResultUnpicklable as exc:
         failure = pack_exception(exc)
-        channel.send(WorkerExited(spec.worker_id, None, exit_time, failure, stats, reason, rss, ran_exit))
+        channel.send(WorkerExited(worker_id, None, exit_time, failure, stats, reason, rss, ran_exit))
 
 
 def _initialise(worker_init: Callable[..., Any] | None, prefix: list[Any], channel: Channel, clock: Clock,
