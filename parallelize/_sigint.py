@@ -12,10 +12,19 @@ alone), for the duration of one drive() call.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
+
+# The C core of `signal`: the same calls without converting handlers to enums, which costs ~2 us each. A map of
+# small chunks installs and removes the hold once per wait, so this is on the hot path.
+_signal_core = importlib.import_module("_signal")
+_getsignal: Callable[[int], Any] = _signal_core.getsignal
+_setsignal: Callable[[int, Any], Any] = _signal_core.signal
+_SIGINT = int(signal.SIGINT)
 
 
 class SigintHold:
@@ -31,10 +40,10 @@ class SigintHold:
         SIGINT is not Python's default handler). *wakeup* ends a wait for workers, so the hold is short."""
         if threading.current_thread() is not threading.main_thread():
             return None
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        if _getsignal(_SIGINT) is not signal.default_int_handler:
             return None
         hold = cls(wakeup)
-        signal.signal(signal.SIGINT, hold._handle)
+        _setsignal(_SIGINT, hold._handle)
         return hold
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -48,5 +57,5 @@ class SigintHold:
 
     def remove(self) -> None:
         """Python's handler again (a Ctrl-C still pending is the caller's to raise or drop)."""
-        if signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _getsignal(_SIGINT) == self._handle:
+            _setsignal(_SIGINT, signal.default_int_handler)
