@@ -65,6 +65,10 @@ def dumps_out_of_band(obj: Any) -> tuple[bytes, list[memoryview]]:
         return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep_in_band), buffers
 
 
+class ResultUnpicklable(Exception):
+    """Raised by a worker's Channel whose send() could not serialise a message (see _worker.Channel)."""
+
+
 def describe_unpicklable(obj: Any, limit: int = 200) -> str:
     """A short, capped description of an object for error messages."""
     try:

@@ -13,7 +13,7 @@ import pytest
 from tests import fault_tasks
 from tests.helpers import announced_marking_hook, get_pid, marking_hook, second, sleep_holding, sleep_then_mark, wait_on
 
-from parallelize import TaskTimeoutError, WorkerPool, parallel
+from parallelize import TaskTimeoutError, WorkerPool, _clock, parallel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,7 +190,7 @@ def test_two_calls_cancelled_together_on_one_worker_both_stop(order: str) -> Non
         engine.submit(a)
         engine.submit(b)
         assert engine.drive(lambda: all(s.ready and len(s.inflight) == 2 and s.key is not None
-                                        and engine.backend.clock(s.key)[2] for s in engine._slots), 20)
+                                        and engine.backend.clock(s.key)[_clock.TAG] for s in engine._slots), 20)
         pids = engine.worker_pids()
         t0 = time.monotonic()
         for job in ((a, b) if order == "running first" else (b, a)):

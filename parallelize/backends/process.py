@@ -96,7 +96,7 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     signal.signal(INTERRUPT_SIGNAL, _worker.interrupt_signal_handler(slots))
     # Both were blocked by the parent around the start (see start_worker); from here on they are handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
-    _worker.in_worker_process = True
+    _worker.mark_worker_process()
     if isinstance(spec_payload, bytes):
         spec = loads(spec_payload)
     elif isinstance(spec_payload, _SpawnSpec):
