@@ -227,6 +227,18 @@ def test_chunks_are_answered_in_order_with_their_tags_before_exited(case: Backen
     events.assert_ended_once(1)
 
 
+@thorough_backends
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_whose_loop_raises_exits_with_a_positive_status(case: BackendCase, backend: Backend,
+                                                                 release: Any) -> None:
+    events = Recorder(backend)
+    start_ready(backend, events, 1, release)
+    backend.send(1, "not a message")  # the worker loop raises TypeError
+    exited = events.wait_exit(1)
+    assert exited.exitcode is not None and exited.exitcode > 0
+    events.assert_ended_once(1)
+
+
 @every_backend
 def test_a_message_that_cannot_be_pickled_raises_in_send_and_nothing_is_sent(case: BackendCase, backend: Backend,
                                                                              release: Any) -> None:

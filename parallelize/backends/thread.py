@@ -33,10 +33,12 @@ class _ThreadWorker:
                                        daemon=True)
 
     def _main(self, spec: WorkerSpec) -> None:
+        exitcode = 1  # as a process whose loop raised (the exception goes on to threading.excepthook)
         try:
             run_worker(spec, self, self.clock)
+            exitcode = 0
         finally:
-            self.end(0)
+            self.end(exitcode)
 
     def recv(self) -> Any:
         message = self.inbox.get()
@@ -67,8 +69,8 @@ class ThreadBackend(Backend):
 
     def start_worker(self, key: int, spec: WorkerSpec) -> None:
         worker = _ThreadWorker(key, spec, self._events)
-        self._workers[key] = worker
         worker.thread.start()
+        self._workers[key] = worker  # (only now: a thread that could not start is no worker)
 
     def send(self, key: int, message: Any) -> None:
         self._workers[key].inbox.put(message)
