@@ -56,6 +56,9 @@ def in_worker() -> bool:
 
 
 class Channel(Protocol):
+    """The worker's end of its backend: recv() raises EOFError once no message will come (the parent is gone, or
+    closed the backend); send() raises ResultUnpicklable, having sent nothing, for a message it cannot serialise."""
+
     def recv(self) -> Any: ...
 
     def send(self, message: Any) -> None: ...
