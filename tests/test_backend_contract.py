@@ -184,6 +184,18 @@ def running(tag: int, index: int = 0, timed: bool = False) -> Callable[[Any], bo
     return lambda c: c[_clock.TAG] == tag and c[_clock.INDEX] == index and (c[_clock.START_NS] != 0 or not timed)
 
 
+def await_end(pid: int | None, threads_before: set[threading.Thread]) -> None:
+    """Until the worker has ended: the process *pid*, else the worker threads started since *threads_before*."""
+    if pid is None:
+        for thread in worker_threads() - threads_before:
+            thread.join(DEADLINE)
+        return
+    deadline = time.monotonic() + DEADLINE
+    while not process_gone(pid):
+        assert time.monotonic() < deadline, f"worker process {pid} did not end"
+        time.sleep(0.005)
+
+
 def process_gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -300,8 +312,7 @@ def test_kill_ends_the_worker_with_one_exited_that_carries_its_last_clock(case: 
     else:
         # Disowned: the worker runs on until its task returns, and nothing more is heard of it.
         release.release()
-        for thread in worker_threads() - threads_before:
-            thread.join(DEADLINE)
+        await_end(pid, threads_before)
         events.events.extend(backend.wait(0))
     events.assert_ended_once(1)
     assert not events.messages(1, ChunkDone)
@@ -316,14 +327,7 @@ def test_a_worker_that_ended_takes_send_and_kill_until_its_exited_is_read(case: 
     pid = backend.pid(1)
     backend.send(1, STOP)
     # Seen ending without reading its events (which would deliver its Exited and forget it).
-    if pid is not None:
-        deadline = time.monotonic() + DEADLINE
-        while not process_gone(pid):
-            assert time.monotonic() < deadline, "the worker did not end after STOP"
-            time.sleep(0.005)
-    else:
-        for thread in worker_threads() - threads_before:
-            thread.join(DEADLINE)
+    await_end(pid, threads_before)
     backend.send(1, run_chunk(1, [1]))  # dropped without an error
     backend.kill(1, grace=0.5)
     backend.interrupt(1)
@@ -438,8 +442,7 @@ def test_closing_the_thread_backend_waits_timeout_in_all_not_per_worker(release:
         assert time.monotonic() - t0 < 5.0, "close() waited the timeout once per worker"
     finally:
         release.release()
-        for thread in worker_threads() - threads_before:
-            thread.join(DEADLINE)
+        await_end(None, threads_before)
 
 
 def test_wakeup_after_close_writes_nowhere() -> None:
