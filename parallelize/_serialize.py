@@ -66,6 +66,10 @@ def dumps_out_of_band(obj: Any) -> tuple[bytes, list[memoryview]]:
         return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep_in_band), buffers
 
 
+class ResultUnpicklable(Exception):
+    """Raised by a worker's Channel whose send() could not serialise a message (see _worker.Channel)."""
+
+
 def describe_unpicklable(obj: Any, limit: int = 200) -> str:
     """A short, capped description of an object for error messages."""
     try:
@@ -208,8 +212,8 @@ def convert_each(values: list[Any], failures: list[TaskFailure] | None, convert:
             error = error_for(position, value, exc)
             error.__cause__ = exc
             failed.append(pack_exception(error, position))
-            converted.append(None)
             if not keep_going:
-                break
+                break  # the values end before the failure, as a chunk that stops at a failing task sends them
+            converted.append(None)
     failed.sort(key=lambda f: f.position)
     return converted, failed or None

@@ -36,12 +36,18 @@ from ._messages import (
     WorkerReady,
     WorkerStats,
 )
-from ._serialize import TaskFailure, describe_unpicklable, loads, pack_exception
+from ._serialize import ResultUnpicklable, TaskFailure, describe_unpicklable, loads, pack_exception
 
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
 
 _thread_state = threading.local()
 in_worker_process = False  # set in worker processes (and inherited by their forked children)
+
+
+def mark_worker_process() -> None:
+    """Called by a process backend in each new worker process, before the worker loop starts."""
+    global in_worker_process
+    in_worker_process = True
 
 
 def in_worker() -> bool:
@@ -50,13 +56,12 @@ def in_worker() -> bool:
 
 
 class Channel(Protocol):
+    """The worker's end of its backend: recv() raises EOFError once no message will come (the parent is gone, or
+    closed the backend); send() raises ResultUnpicklable, having sent nothing, for a message it cannot serialise."""
+
     def recv(self) -> Any: ...
 
     def send(self, message: Any) -> None: ...
-
-
-class ResultUnpicklable(Exception):
-    """Raised by a Channel whose send() could not serialise a message."""
 
 
 class ChunkCancelled(BaseException):

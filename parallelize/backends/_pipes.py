@@ -24,8 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .._serialize import dumps_out_of_band
-from .._worker import ResultUnpicklable
+from .._serialize import ResultUnpicklable, dumps_out_of_band
 from ._shm import SHARED_MIN, InheritedFd, ResultRing, TaskArenaReader
 
 HEADER = struct.Struct("<Q")

@@ -96,7 +96,7 @@ def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Conne
     signal.signal(INTERRUPT_SIGNAL, _worker.interrupt_signal_handler(slots))
     # Both were blocked by the parent around the start (see start_worker); from here on they are handled.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
-    _worker.in_worker_process = True
+    _worker.mark_worker_process()
     if isinstance(spec_payload, bytes):
         spec = loads(spec_payload)
     elif isinstance(spec_payload, _SpawnSpec):
@@ -373,6 +373,11 @@ class ProcessBackend(Backend):
                                            self._lifeline_w, (self._wake_r, self._wake_w))
         self._finalizer.atexit = False  # at exit the pool cache stops its pools first, with their exit hooks
         self._closed = False
+        # wakeup() comes from any thread, also while close() runs: the wake-up pipe must not be closed (and its
+        # number taken by another file) between wakeup()'s check and its write. Reentrant: the Ctrl-C handler
+        # calls wakeup() in whatever thread it interrupts.
+        self._wake_lock = threading.RLock()
+        self._wake_open = True
         self._fork_warned = False  # ForkAfterThreadsWarning: once per pool
         # The user's call that made this pool, for that warning when the driver thread forks (its stack has no
         # user frame to point at).
@@ -545,8 +550,10 @@ class ProcessBackend(Backend):
         worker.release()
 
     def wakeup(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+        with self._wake_lock:
+            if self._wake_open:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                    os.write(self._wake_w, b"\0")
 
     def clock(self, key: int) -> MutableSequence[int]:
         return self._workers[key].clock
@@ -583,12 +590,20 @@ class ProcessBackend(Backend):
         if self._closed or os.getpid() != self._pid:
             return  # (in a child made by os.fork(), the workers are the parent's)
         deadline = time.monotonic() + timeout
+        for worker in self._workers.values():
+            # No more messages: idle workers see EOF and end now, busy ones once their task returns.
+            if worker.want_write:
+                worker.want_write = False
+                self._selector.unregister(worker.writer.fd)
+            _close_conn(worker.task_conn)
         for worker in list(self._workers.values()):
             _join(worker.process, worker.sentinel, max(0.0, deadline - time.monotonic()))
         for key in list(self._workers):
             self.kill(key, grace=0.5)
             self._reap(key)
         self._closed = True
+        with self._wake_lock:
+            self._wake_open = False
         self._finalizer()
         self._lifeline_r.close()
 

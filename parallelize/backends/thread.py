@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import MutableSequence
 from typing import Any
 
@@ -16,27 +17,45 @@ from .._worker import WorkerSpec, run_worker
 from ._base import Backend, Event, Exited, Received
 
 
-class _QueueChannel:
-    def __init__(self, key: int, inbox: queue.SimpleQueue[Any], events: queue.SimpleQueue[Any]) -> None:
-        self._key = key
-        self._inbox = inbox
-        self._events = events
+class _ThreadWorker:
+    """One worker thread, and its Channel: messages pass as objects through queues."""
+
+    def __init__(self, key: int, spec: WorkerSpec, events: queue.SimpleQueue[Any]) -> None:
+        self.key = key
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()  # None: no more messages (EOF)
+        self.events = events
+        self.clock: list[int] = [0] * _clock.SIZE
+        # Set once its Exited event is queued (it ended, or kill() disowned it). A disowned thread runs on until
+        # its task returns; nothing it says after that may be reported.
+        self.ended = False
+        self.lock = threading.Lock()  # orders the worker's messages against its Exited event
+        self.thread = threading.Thread(target=self._main, args=(spec,), name=f"parallelize-worker-{spec.worker_id}",
+                                       daemon=True)
+
+    def _main(self, spec: WorkerSpec) -> None:
+        exitcode = 1  # as a process whose loop raised (the exception goes on to threading.excepthook)
+        try:
+            run_worker(spec, self, self.clock)
+            exitcode = 0
+        finally:
+            self.end(exitcode)
 
     def recv(self) -> Any:
-        message = self._inbox.get()
+        message = self.inbox.get()
         if message is None:
             raise EOFError
         return message
 
     def send(self, message: Any) -> None:
-        self._events.put(Received(self._key, message))
+        with self.lock:
+            if not self.ended:
+                self.events.put(Received(self.key, message))
 
-
-class _ThreadWorker:
-    def __init__(self, thread: threading.Thread, inbox: queue.SimpleQueue[Any]) -> None:
-        self.thread = thread
-        self.inbox = inbox
-        self.clock: list[int] = [0] * _clock.SIZE
+    def end(self, exitcode: int | None) -> None:
+        with self.lock:
+            if not self.ended:
+                self.ended = True
+                self.events.put(Exited(self.key, exitcode, tuple(self.clock)))
 
 
 class ThreadBackend(Backend):
@@ -49,19 +68,9 @@ class ThreadBackend(Backend):
         self._workers: dict[int, _ThreadWorker] = {}
 
     def start_worker(self, key: int, spec: WorkerSpec) -> None:
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        channel = _QueueChannel(key, inbox, self._events)
-        worker = _ThreadWorker(threading.Thread(), inbox)
-
-        def main() -> None:
-            try:
-                run_worker(spec, channel, worker.clock)
-            finally:
-                self._events.put(Exited(key, 0, tuple(worker.clock)))
-
-        worker.thread = threading.Thread(target=main, name=f"parallelize-worker-{spec.worker_id}", daemon=True)
-        self._workers[key] = worker
+        worker = _ThreadWorker(key, spec, self._events)
         worker.thread.start()
+        self._workers[key] = worker  # (only now: a thread that could not start is no worker)
 
     def send(self, key: int, message: Any) -> None:
         self._workers[key].inbox.put(message)
@@ -100,10 +109,12 @@ class ThreadBackend(Backend):
         worker = self._workers.get(key)  # forgotten when its Exited event is read, as for processes
         if worker is not None:
             worker.inbox.put(None)
-            self._events.put(Exited(key, None, tuple(worker.clock)))
+            worker.end(None)
 
     def close(self, timeout: float) -> None:
-        for worker in list(self._workers.values()):
-            worker.inbox.put(None)
-            worker.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers.values():
+            worker.inbox.put(None)  # no more messages: idle workers end now, busy ones after their task
+        for worker in self._workers.values():
+            worker.thread.join(max(0.0, deadline - time.monotonic()))  # the rest are disowned
         self._workers.clear()
