@@ -26,13 +26,14 @@ MAX_WAIT = 86400.0
 
 class DriverRole:
     def __init__(self, step: Callable[[float | None], None], wakeup: Callable[[], None],
-                 closed: Callable[[], bool], released: Callable[[], None],
+                 closed: Callable[[], bool], released: Callable[[], None], pending: Callable[[], bool],
                  aborted: Callable[[BaseException], None]) -> None:
         self.lock = threading.Condition()  # guards the role, and what other threads hand to the driver
         self._step = step  # one turn of the loop, blocking at most the given seconds
         self._wakeup = wakeup  # makes a blocked step return at once
         self._closed = closed
         self._released = released  # runs in the role just before it is given up (quick work left for the driver)
+        self._pending = pending  # more of that work was left meanwhile (read under the lock)
         self._aborted = aborted  # a step was interrupted half-way: the pool cannot be trusted any more
         self._driving = False
         self._handover = False  # someone needs the role exclusively (terminate, close)
@@ -93,9 +94,19 @@ class DriverRole:
             return True
 
     def release(self) -> None:
-        """Give up the role, after the quick work left for the driver meanwhile (cancellations)."""
-        self._released()
-        self._give_up()
+        """Give up the role, after the quick work left for the driver meanwhile (cancellations), including work
+        left while it was being done: whoever left it saw the role taken and counts on this driver."""
+        try:
+            while True:
+                self._released()
+                with self.lock:
+                    if not self._pending():
+                        self._driving = False
+                        self.lock.notify_all()
+                        return
+        except BaseException:
+            self._give_up()
+            raise
 
     def _give_up(self) -> None:
         with self.lock:

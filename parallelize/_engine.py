@@ -58,7 +58,7 @@ class Engine:
         self._deaths = Deaths(self._state)
         self._deadlines = Deadlines(self._state)
         self._role = DriverRole(self._step, self.backend.wakeup, lambda: self.closed, self._handle_cancellations,
-                                self.abort)
+                                lambda: bool(self._cancel_requests), self.abort)
         self._cv = self._role.lock
         self._background = BackgroundDriver(self._role, lambda: self.closed)
         self._job_ids = itertools.count()

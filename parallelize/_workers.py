@@ -67,8 +67,9 @@ class WorkerSlot:
             self.life = Life.SERVING
 
     def init_failed(self) -> None:
-        """Its worker_init raised or timed out: it reports it and ends itself."""
-        if self.life is Life.STARTING:
+        """Its worker_init raised or timed out: it reports it and ends itself. (SERVING: a worker_init handed over
+        by update_hooks while it was starting runs after its first ready report.)"""
+        if self.life in (Life.STARTING, Life.SERVING):
             self.life = Life.ENDED
 
     def init_runs_again(self) -> None:

@@ -3,6 +3,8 @@ driven through a fake backend that records what the engine asked of it."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import MutableSequence
 from typing import Any
@@ -15,10 +17,12 @@ from parallelize._chunking import ChunkSizer, iter_chunks
 from parallelize._deadlines import INTERRUPT_GRACE, Deadlines, Due
 from parallelize._deaths import Deaths
 from parallelize._dispatch import PREFETCH, Dispatcher
+from parallelize._driving import DriverRole
 from parallelize._errors import TaskTimeoutError, WorkerDiedError
 from parallelize._job import Job
 from parallelize._messages import CALL_UNPACK, ChunkDone, WorkerExited, WorkerReady
 from parallelize._pool_state import PoolState
+from parallelize._serialize import pack_exception
 from parallelize._settings import WorkerSettings
 from parallelize._worker import WorkerSpec
 from parallelize._workers import Life, WorkerSlot
@@ -242,3 +246,51 @@ def test_a_worker_that_said_it_ends_is_not_reported_as_dead() -> None:
     Deaths(state).on_exit(slot.key, 0, (0, 0, 0, 0, 0))
     assert state.exit_results == ["bye"]
     assert job.take() is not None and job.error is None  # its chunk is sent again, nothing failed
+
+
+def test_a_worker_init_handed_over_while_starting_that_fails_ends_the_worker_quietly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # update_hooks reached a worker still starting with no worker_init: it reports ready, then runs the new hook,
+    # which fails. The worker ends on its own: no "ended unexpectedly" warning, no more chunks for it.
+    state, _backend, dispatcher = pool()
+    state.jobs.append(make_job(state, [1], 1))
+    dispatcher.dispatch()
+    slot = state.workers.slots[0]
+    assert slot.key is not None and slot.life is Life.STARTING
+    state.workers.settings = dataclasses.replace(state.settings, worker_init=abs)
+    slot.init_hook = abs
+    slot.init_runs_again()  # still starting: nothing to change
+    answers = Answers(state)
+    answers.on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, None))
+    answers.on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, pack_exception(ValueError("bad init"))))
+    assert slot.life is Life.ENDED and not slot.takes_chunks(None, PREFETCH)
+    with caplog.at_level(logging.WARNING, logger="parallelize"):
+        Deaths(state).on_exit(slot.key, 0, (0, 0, 0, 0, 0))
+    assert "ended unexpectedly" not in caplog.text
+
+
+def test_the_driver_handles_work_left_while_it_was_giving_up_its_role() -> None:
+    # A cancellation asked for while the driver handles the earlier ones sees the role taken and leaves it to
+    # this driver: the driver must not give the role up with it pending.
+    pending: list[str] = ["first"]
+    handled: list[str] = []
+
+    def released() -> None:
+        while pending:
+            handled.append(pending.pop())
+            if handled == ["first"]:
+                pending_later.append("second")  # arrives meanwhile
+
+    pending_later: list[str] = []
+
+    def still_pending() -> bool:
+        pending.extend(pending_later)
+        pending_later.clear()
+        return bool(pending)
+
+    role = DriverRole(lambda timeout: None, lambda: None, lambda: False, released, still_pending,
+                      lambda exc: None)
+    assert role.take_if_free()
+    role.release()
+    assert handled == ["first", "second"]
+    assert role.take_if_free()  # and the role was given up
