@@ -286,7 +286,7 @@ class _Core:
             job.finish_listeners.append(finished)
             try:
                 engine.submit(job, background=True)  # a SerialWorker runs it here and now
-                if isinstance(engine, SerialWorker):
+                if isinstance(engine, SerialWorker):  # (serial: its one call is over)
                     self.serial_worker_done(engine)
                 return future
             except PoolClosedError:  # closed by another thread in the meantime: as in run_map
