@@ -572,6 +572,17 @@ def test_rebuild_runs_exit_hooks_of_the_old_workers() -> None:
     assert sorted(pid for pid, _ in dh.hooked.exit_results) == sorted(old)
 
 
+def test_exit_results_of_a_replaced_pool_stopped_after_its_open_imap_are_kept() -> None:
+    # Its stop used to run twice (when the imap ended and again for the retired pools), and the second, on a
+    # stopped pool, replaced the exit results with [].
+    lazy = dh.hooked.imap(range(4), keep_alive=False)  # pool A, in use until the imap ends
+    next(lazy)
+    old = dh.hooked.worker_pids()
+    dh.hooked(range(4), n_jobs=1, keep_alive=False)  # a new pool B; A is retired while the imap reads from it
+    assert len(list(lazy)) == 3
+    assert sorted(pid for pid, _ in dh.hooked.exit_results) == sorted(old)
+
+
 def test_keep_alive_false_runs_init_and_exit_per_call() -> None:
     first = dh.hooked(range(4), keep_alive=False)
     first_exits = dh.hooked.exit_results
