@@ -16,9 +16,14 @@ if TYPE_CHECKING:
 
 
 class Runner(Protocol):
-    settings: WorkerSettings
-    exit_errors: list[BaseException]
-    insights: InsightsCollector | None
+    @property
+    def settings(self) -> WorkerSettings: ...
+
+    @property
+    def exit_errors(self) -> list[BaseException]: ...
+
+    @property
+    def insights(self) -> InsightsCollector | None: ...
 
     @property
     def usable(self) -> bool: ...
