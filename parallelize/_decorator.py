@@ -8,6 +8,7 @@ PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import importlib
 import multiprocessing
@@ -312,7 +313,11 @@ class _Core:
         wake = asyncio.Event()
 
         def notify(*_: Any) -> None:
-            loop.call_soon_threadsafe(wake.set)
+            # Called by the driver thread; the caller may have left this aimap early and its event loop ended
+            # before the cancellation reached the job. Raising there would fail the driver and leave the job
+            # counted as pending, so that closing the pool would wait for it for ever.
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nobody is waiting any more)
+                loop.call_soon_threadsafe(wake.set)
 
         job.progress_listeners.append(notify)
         job.finish_listeners.append(notify)
