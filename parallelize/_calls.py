@@ -1,6 +1,6 @@
-"""One user call as a Job on an engine: building its chunks, showing progress, handing out results.
+"""One user call as a Job on a runner: building its chunks, showing progress, handing out results.
 
-Shared by WorkerPool and the decorator so both run exactly the same path.
+Shared by WorkerPool and the decorator, in workers and in serial mode, so every call runs exactly the same path.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Any
 
 from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
 from ._dispatch import PREFETCH
-from ._engine import Engine
 from ._errors import PoolClosedError
 from ._frames import drop_library_frames, raises_job_errors
 from ._job import Job
 from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar
+from ._runner import Runner
 
 
-def map_job(engine: Engine, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,
+def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,
             iterable_len: int | None = None, max_tasks_active: int | None = None,
             chunk_size: int | float | None = None, n_splits: int | None = None,
             task_timeout: float | None = None, worker_init_timeout: float | None = None,
@@ -55,7 +55,7 @@ def cut(iterable: Any, n_jobs: int, iterable_len: int | None, chunk_size: int | 
     return n_tasks, sizer, iter_chunks(iterable, sizer, iterable_len)
 
 
-def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+def apply_job(engine: Runner, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
               task_timeout: float | None, worker_init_timeout: float | None, worker_exit_timeout: float | None,
               retries: int = 0, retry_backoff: float = 0.0) -> Job:
     """A job of one call ``func(*args, **kwargs)``."""
@@ -64,10 +64,73 @@ def apply_job(engine: Engine, func: Callable[..., Any], args: tuple[Any, ...], k
                worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
 
 
+class Call:
+    """One call's life on its runner, shared by the sync face (run) and the async face (the decorator's aimap):
+    counted on the runner from its start, its job submitted, results handed out as they are ready, its error
+    tidied for the caller, and its cleanup run exactly once, in the process that started the runner."""
+
+    def __init__(self, engine: Runner, job: Job, progress: ProgressBar | None,
+                 on_end: Callable[[bool], None]) -> None:
+        self.engine = engine
+        self.job = job
+        self.progress = progress
+        self.on_end = on_end
+        self.failed = True  # until the call reaches its end normally
+
+    def begin(self, *, background: bool) -> None:
+        if self.progress is not None:
+            self.job.progress_listeners.append(self.progress.update)
+        self.engine.call_started()
+        self.engine.submit(self.job, background=background)
+
+    def wait(self) -> None:
+        """Drive the runner from this thread until results are ready or the job is over."""
+        job = self.job
+        # drive() returns False only once the engine is closed, and closing fails every unfinished job, so
+        # this call cannot wait for ever.
+        if not self.engine.drive(lambda: job.has_ready() or job.finished) and not job.finished:
+            job.fail(PoolClosedError("the pool was closed before this call finished"))
+
+    def batch(self) -> list[Any] | None:
+        """The results to hand out now ([] if none yet), or None when the call has nothing more to give: then
+        error() says how it ended."""
+        job = self.job
+        if isinstance(job.error, PoolClosedError):
+            return None  # at once, as MPIRE: results already back are not handed out after a terminate
+        if job.has_ready():
+            return job.pop_ready()
+        return None if job.finished else []
+
+    def error(self) -> BaseException | None:
+        """The call's error, to raise once batch() says it is over; None when it succeeded."""
+        error = self.job.error
+        if error is None:
+            self.failed = False
+            return None
+        if isinstance(error, PoolClosedError):
+            return error
+        # Fresh from a worker or the engine, it has no traceback; an exception of the input iterable (or of a
+        # task in serial mode) keeps its own frames, not those of the library that was reading it.
+        return error.with_traceback(drop_library_frames(error.__traceback__))
+
+    def end(self, *, interrupted: bool = False) -> None:
+        """The cleanup. Skipped in a child made by os.fork() that closes (or collects) a generator it inherited:
+        the job, its workers and its bar are the parent's, which goes on with them."""
+        if self.engine.foreign:
+            return
+        if not self.job.finished:
+            # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
+            self.engine.cancel(self.job, settle=interrupted)
+        if self.progress is not None:
+            self.progress.close(failed=self.failed)
+        self.engine.call_ended()
+        self.on_end(self.failed)
+
+
 _STARTED = object()
 
 
-def started(engine: Engine, job: Job, progress: ProgressBar | None,
+def started(engine: Runner, job: Job, progress: ProgressBar | None,
             on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
     """run(), already under way: the call counts as running on its engine, and its job is submitted, from now on
     rather than from the first next(). So an imap that is not read yet keeps its pool (the pool cache never stops
@@ -78,50 +141,28 @@ def started(engine: Engine, job: Job, progress: ProgressBar | None,
 
 
 @raises_job_errors
-def run(engine: Engine, job: Job, progress: ProgressBar | None,
+def run(engine: Runner, job: Job, progress: ProgressBar | None,
         on_end: Callable[[bool], None], *, primed: bool = False) -> Generator[Any, None, None]:
-    """Submit *job* and yield its results as they become available, driving the engine from this thread.
-
-    ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed early), in the
-    process that started the engine.
-    """
-    if progress is not None:
-        job.progress_listeners.append(progress.update)
-    failed = True
+    """The sync face of a Call: submit *job* and yield its results as they become available, driving the runner
+    from this thread. ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed
+    early)."""
+    call = Call(engine, job, progress, on_end)
     interrupted = False
-    engine.call_started()
     try:
-        engine.submit(job)
+        call.begin(background=False)
         if primed:
             yield _STARTED  # (taken by started())
         while True:
-            # drive() returns False only once the engine is closed, and closing fails every unfinished job, so
-            # this call cannot wait for ever.
-            if not engine.drive(lambda: job.has_ready() or job.finished) and not job.finished:
-                job.fail(PoolClosedError("the pool was closed before this call finished"))
-            if isinstance(job.error, PoolClosedError):
-                raise job.error  # at once, as MPIRE: results already back are not handed out after a terminate
-            if job.has_ready():
-                yield from job.pop_ready()
-            elif job.finished:
+            call.wait()
+            batch = call.batch()
+            if batch is None:
                 break
-        if job.error is not None:
-            # Fresh from a worker or the engine, it has no traceback; an exception of the input iterable keeps
-            # the iterable's own frames, not those of the library that was reading it.
-            error = job.error.with_traceback(drop_library_frames(job.error.__traceback__))
+            yield from batch
+        error = call.error()
+        if error is not None:
             raise error
-        failed = False
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
-        # Skipped in a child made by os.fork() that closes (or collects) a generator it inherited: the job, its
-        # workers and its bar are the parent's, which goes on with them.
-        if not engine.foreign:
-            if not job.finished:
-                # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
-                engine.cancel(job, settle=interrupted)
-            if progress is not None:
-                progress.close(failed=failed)
-            engine.call_ended()
-            on_end(failed)
+        call.end(interrupted=interrupted)

@@ -8,30 +8,28 @@ PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import importlib
-import itertools
 import multiprocessing
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
 
 from . import _config
-from ._calls import apply_job, map_job, started
+from ._calls import Call, apply_job, map_job, run, started
 from ._chunking import is_numpy_array, known_length
 from ._config import Options
-from ._engine import Engine
 from ._errors import ConfigError, PoolClosedError
-from ._frames import drop_library_frames, hide_library_frames, hides_library_frames, raises_job_errors
+from ._frames import hide_library_frames, hides_library_frames, raises_job_errors
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
+from ._runner import Runner
 from ._serial import SerialWorker
-from ._serialize import note_task
 from ._settings import WorkerSettings
-from ._worker import call_item, in_worker
+from ._worker import in_worker
 
 SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
 
@@ -215,7 +213,7 @@ class _Core:
         options = self.resolve(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
-            return self.run_serial(target, iterable, options)
+            return self.run_serial(target, iterable, options, ordered)
         for attempt in range(SUBMIT_ATTEMPTS):
             engine, job, bar = self.start_map(target, iterable, options, ordered)
             try:
@@ -228,66 +226,50 @@ class _Core:
         raise AssertionError("unreachable")
 
     def start_map(self, target: TaskTarget, iterable: Any, options: Options,
-                  ordered: bool) -> tuple[Engine, Job, ProgressBar | None]:
+                  ordered: bool) -> tuple[Runner, Job, ProgressBar | None]:
         """The pool for *options*, and a job (with its progress bar) of *target* over *iterable* on it."""
         engine = self.holder.engine_for(WorkerSettings.from_options(options))
-        job = map_job(engine, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
-                      max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
-                      n_splits=options.n_splits, task_timeout=options.task_timeout,
-                      worker_init_timeout=options.worker_init_timeout,
-                      worker_exit_timeout=options.worker_exit_timeout, on_error=options.on_error,
-                      retries=options.retries, retry_backoff=options.retry_backoff)
+        job = self.map_job(engine, target, iterable, options, ordered)
         bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
             if options.progress_bar else None
         return engine, job, bar
 
-    def ender(self, engine: Engine, options: Options) -> Callable[[bool], None]:
+    def map_job(self, runner: Runner, target: TaskTarget, iterable: Any, options: Options, ordered: bool) -> Job:
+        return map_job(runner, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
+                       max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
+                       n_splits=options.n_splits, task_timeout=options.task_timeout,
+                       worker_init_timeout=options.worker_init_timeout,
+                       worker_exit_timeout=options.worker_exit_timeout, on_error=options.on_error,
+                       retries=options.retries, retry_backoff=options.retry_backoff)
+
+    def ender(self, engine: Runner, options: Options) -> Callable[[bool], None]:
         """The on_end of a call on *engine*: end_map, whether or not the call failed."""
         return lambda failed: self.end_map(engine, options)
 
-    def end_map(self, engine: Engine, options: Options) -> None:
+    def end_map(self, engine: Runner, options: Options) -> None:
         """After a call: its own pool ends with keep_alive=False; replaced pools end once no call uses them."""
         if not options.keep_alive:
             self.holder.release(engine)
         self.holder.call_ended()
 
-    def run_serial(self, target: TaskTarget, iterable: Any, options: Options) -> list[Any]:
-        """Everything in this process, as a single worker would: init hook, each item, exit hook."""
-        worker = SerialWorker(pass_worker_id=options.pass_worker_id, shared_objects=options.shared_objects,
-                              worker_state=options.worker_state)
-        worker.init(options.worker_init)
-        func = worker.bind(target.parallelize_callable)
-        results: list[Any] = []
-        for index, item in enumerate(iterable):
-            for attempt in itertools.count():
-                try:
-                    results.append(call_item(func, item, 0))
-                    break
-                except Exception as exc:
-                    if attempt < options.retries:
-                        time.sleep(options.retry_backoff * 2**attempt)  # the backoff the user asked for
-                        continue
-                    note_task(exc, index, item)  # as a pool does
-                    if options.on_error == "return":
-                        results.append(exc)
-                    elif options.on_error == "raise":
-                        raise
-                    break
-        if options.worker_exit is not None:
-            self.holder.exit_results = [worker.exit(options.worker_exit)]
+    def run_serial(self, target: TaskTarget, iterable: Any, options: Options, ordered: bool) -> list[Any]:
+        """Everything in this thread, as a single worker would: init hook, the job (the same Job, with its error
+        policy, as in workers), exit hook."""
+        worker = SerialWorker(WorkerSettings.from_options(options))
+        results = list(run(worker, self.map_job(worker, target, iterable, options, ordered), None, _ignore))
+        self.serial_worker_done(worker)
         return results
+
+    def serial_worker_done(self, worker: SerialWorker) -> None:
+        if worker.settings.worker_exit is not None:
+            self.holder.exit_results = worker.stop()
 
     def submit(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
         options = self.resolve({})
         target = self.target(instance)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
-        if self.serial_mode(options):
-            try:
-                future.set_result(target.parallelize_callable(*args, **kwargs))
-            except BaseException as exc:
-                future.set_exception(exc)
-            return future
+        serial = self.serial_mode(options)
 
         def finished(job: Job) -> None:
             if job.error is not None:  # PoolClosedError if the pool was closed first
@@ -296,14 +278,17 @@ class _Core:
                 future.set_result(job.pop_ready()[0])
 
         for attempt in range(SUBMIT_ATTEMPTS):
-            engine = self.holder.engine_for(WorkerSettings.from_options(options))
+            settings = WorkerSettings.from_options(options)
+            engine = SerialWorker(settings) if serial else self.holder.engine_for(settings)
             job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
                             worker_init_timeout=options.worker_init_timeout,
                             worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
                             retry_backoff=options.retry_backoff)
             job.finish_listeners.append(finished)
             try:
-                engine.submit(job, background=True)
+                engine.submit(job, background=True)  # a SerialWorker runs it here and now
+                if isinstance(engine, SerialWorker):  # (serial: its one call is over)
+                    self.serial_worker_done(engine)
                 return future
             except PoolClosedError:  # closed by another thread in the meantime: as in run_map
                 if attempt == SUBMIT_ATTEMPTS - 1:
@@ -318,44 +303,42 @@ class _Core:
         options = self.resolve(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
-            for value in self.run_serial(target, iterable, options):
+            for value in self.run_serial(target, iterable, options, ordered):
                 yield value
             return
         engine, job, bar = self.start_map(target, iterable, options, ordered)
-        if bar is not None:
-            job.progress_listeners.append(bar.update)
         import asyncio  # here, not at the top: it costs ~15 ms of import time that sync users never need
 
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
         def notify(*_: Any) -> None:
-            loop.call_soon_threadsafe(wake.set)
+            # Called by the driver thread; the caller may have left this aimap early and its event loop ended
+            # before the cancellation reached the job. Raising there would fail the driver and leave the job
+            # counted as pending, so that closing the pool would wait for it for ever.
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nobody is waiting any more)
+                loop.call_soon_threadsafe(wake.set)
 
         job.progress_listeners.append(notify)
         job.finish_listeners.append(notify)
-        engine.call_started()
-        engine.submit(job, background=True)
+        call = Call(engine, job, bar, self.ender(engine, options))
         try:
-            while True:
-                if job.has_ready():
-                    for value in job.pop_ready():
-                        yield value
-                    continue
-                if job.finished:
-                    break
-                await wake.wait()
-                wake.clear()
-            if job.error is not None:
-                raise job.error.with_traceback(drop_library_frames(job.error.__traceback__))  # as _calls.run
+            call.begin(background=True)  # the background driver runs the pool; this face only waits for it
+            while (batch := call.batch()) is not None:
+                if not batch:
+                    await wake.wait()
+                    wake.clear()
+                for value in batch:
+                    yield value
+            error = call.error()
+            if error is not None:
+                raise error
         finally:
-            if not engine.foreign:  # (as in _calls.run: an inherited generator in a forked child is the parent's)
-                if not job.finished:
-                    engine.cancel(job)
-                if bar is not None:
-                    bar.close(failed=job.error is not None)
-                engine.call_ended()
-                self.end_map(engine, options)
+            call.end()
+
+
+def _ignore(failed: bool) -> None:
+    """The on_end of a serial call: its worker ends with it (see run_serial)."""
 
 
 class _Methods(Generic[P, R]):
@@ -426,7 +409,7 @@ class _Methods(Generic[P, R]):
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (empty before the first call and after close())."""
-        engine: Engine | None = self._self_core.holder.engine
+        engine: Runner | None = self._self_core.holder.engine
         return engine.worker_pids() if engine is not None and engine.usable else []
 
     # wrapt's proxy answers dir() and repr() for the wrapped function; the subclasses below use these instead.

@@ -8,7 +8,8 @@
     ├── ResultTimeoutError (TimeoutError)   AsyncResult.get(timeout) ran out (also multiprocessing.TimeoutError)
     ├── WorkerDiedError (BrokenProcessPool) a worker process ended without reporting (signal, os._exit, OOM)
     ├── ResultPicklingError (PicklingError) a task's return value could not be sent back to the caller
-    └── RemoteError                         a task's exception that could not itself be pickled
+    ├── RemoteError                         a task's exception that could not itself be pickled
+    └── RemoteTraceback                     the worker's traceback, attached as ``__cause__`` of a task's error
 
 Warnings: ForkAfterThreadsWarning (RuntimeWarning), when a fork pool starts workers in a threaded program.
 
@@ -76,7 +77,7 @@ class RemoteError(ParallelError):
         return (RemoteError, (self.type_name, self.exc_repr, self.traceback_text))
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(ParallelError):
     """Attached as ``__cause__`` of a re-raised task exception; its text is the worker's traceback."""
 
     def __init__(self, traceback_text: str) -> None:

@@ -91,9 +91,12 @@ def _entries(tb: TracebackType | None) -> list[TracebackType]:
 
 
 def drop_library_frames(tb: TracebackType | None) -> TracebackType | None:
-    """*tb* without the library's frames, except those of the functions that raise job errors."""
-    kept = [entry for entry in _entries(tb) if not is_library_file(entry.tb_frame.f_code.co_filename)
-            or entry.tb_frame.f_code in _JOB_ERROR_RAISERS]
+    """*tb* without the library's frames, except the line of a function that raises job errors where the error
+    has no frames of its own below it (it came from a worker): an error raised in this process (a task in serial
+    mode, the input iterable) shows where it was raised instead."""
+    entries = _entries(tb)
+    kept = [entry for entry in entries if not is_library_file(entry.tb_frame.f_code.co_filename)
+            or (entry is entries[-1] and entry.tb_frame.f_code in _JOB_ERROR_RAISERS)]
     for outer, inner in itertools.pairwise(kept):
         outer.tb_next = inner
     if kept:

@@ -16,12 +16,12 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ._chunking import ChunkSizer
 from ._messages import CALL_APPLY, RunChunk
-from ._serialize import TaskFailure, note_task, unpack_exception
+from ._serialize import LocalFailure, TaskFailure, note_task, unpack_exception
 
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
@@ -162,9 +162,10 @@ class Job:
         if not self.finished:
             self._requeued.append(chunk._replace(separate_results=True))
 
-    def complete(self, chunk: RunChunk, values: list[Any], failures: list[TaskFailure] | None,
+    def complete(self, chunk: RunChunk, values: list[Any], failures: Sequence[TaskFailure | LocalFailure] | None,
                  duration: float) -> None:
-        """A worker finished *chunk*. Without keep_going, *values* stop at the first failure."""
+        """A worker (or serial mode's worker 0) finished *chunk*. Without keep_going, *values* stop at the first
+        failure."""
         self._release(chunk)
         if self.finished:
             return  # a chunk of a failed or cancelled job: its results are not wanted

@@ -128,6 +128,13 @@ class TaskFailure(NamedTuple):
     traceback_text: str
 
 
+class LocalFailure(NamedTuple):
+    """A task's exception that never left this process (serial mode): the object itself, with its traceback."""
+
+    position: int
+    error: BaseException
+
+
 def _dump_exception_by_value(exc: BaseException) -> bytes:
     """cloudpickle, for exception classes that exist only by value here (defined in the parent's __main__ and
     shipped with the function): cloudpickle's class tracking maps them back to the parent's own class."""
@@ -177,9 +184,12 @@ def note_task(exc: BaseException, index: int, item: Any) -> None:
         add_note(f"(raised by the task at input index {index}, called with {describe_unpicklable(item)})")
 
 
-def unpack_exception(failure: TaskFailure) -> BaseException:
+def unpack_exception(failure: TaskFailure | LocalFailure) -> BaseException:
     """The original exception (or a RemoteError stand-in), with the worker traceback as ``__cause__``."""
     from ._errors import RemoteTraceback
+
+    if isinstance(failure, LocalFailure):
+        return failure.error
 
     exc: BaseException
     if failure.payload is not None:

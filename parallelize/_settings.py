@@ -1,13 +1,14 @@
 """What a pool's workers are made with: fixed for a worker's life, so a change means new workers.
 
-Both front ends build these from their options here (``from_options``), and the engine hands the per-worker part
-to each worker it starts (``WorkerSpec`` in the worker's module), under the same names as the public options.
+The decorator builds these from its resolved options (``from_options``), a WorkerPool keeps one and replaces
+fields of it, and the engine hands the per-worker part to each worker it starts (``WorkerSpec`` in the worker's
+module), under the same names as the public options.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,14 +38,9 @@ class WorkerSettings:
 
     @classmethod
     def from_options(cls, options: Options) -> WorkerSettings:
-        """The worker part of one call's resolved options."""
-        return cls(
-            n_jobs=options.n_jobs, start_method=options.start_method, daemon=options.daemon, cpu_ids=options.cpu_ids,
-            shared_objects=options.shared_objects, pass_worker_id=options.pass_worker_id,
-            worker_state=options.worker_state, worker_init=options.worker_init, worker_exit=options.worker_exit,
-            worker_lifespan=options.worker_lifespan, max_worker_memory=options.max_worker_memory,
-            enable_insights=options.enable_insights,
-        )
+        """The worker part of one call's resolved options: the fields of the same names. (A WorkerPool keeps a
+        WorkerSettings itself, its setters replace fields of it, and each call adds its hooks and lifespan.)"""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
 
     def same_workers(self, other: WorkerSettings) -> bool:
         """Equal settings, comparing objects by identity (an ndarray has no usable ==)."""

@@ -13,7 +13,7 @@ import queue
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _config
 from . import _validation as check
-from ._calls import apply_job, cut, map_job, run
+from ._calls import apply_job, map_job, run
 from ._chunking import is_numpy_array
 from ._cpu import cpu_count
 from ._engine import Engine
@@ -29,10 +29,11 @@ from ._errors import PoolBusyError, ResultTimeoutError
 from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
+from ._pool_cache import PoolHolder
 from ._progress import ProgressBar, check_progress_options
+from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
-from ._worker import call_item
 
 logger = logging.getLogger("parallelize")
 
@@ -40,19 +41,18 @@ logger = logging.getLogger("parallelize")
 class AsyncResult:
     """The pending result of ``apply_async``: like ``multiprocessing.pool.AsyncResult``.
 
-    Backed by a job on an engine, or, in serial mode (no engine), finished when it is made.
+    Backed by a job on a runner (in serial mode, it runs when it is submitted).
     """
 
-    def __init__(self, engine: Engine | None, job: Job | None, callback: Callable[[Any], Any] | None,
+    def __init__(self, engine: Runner, job: Job, callback: Callable[[Any], Any] | None,
                  error_callback: Callable[[BaseException], Any] | None) -> None:
         self._engine = engine
-        self._done = job.done_event if job is not None else threading.Event()
+        self._done = job.done_event
         self._callback = callback
         self._error_callback = error_callback
         self._value: Any = None
         self._error: BaseException | None = None
-        if job is not None:
-            job.finish_listeners.append(self._on_finish)
+        job.finish_listeners.append(self._on_finish)
 
     def _on_finish(self, job: Job) -> None:
         values = job.pop_ready() if job.error is None else []
@@ -67,8 +67,6 @@ class AsyncResult:
                 self._callback(value)
         except Exception:  # a failing callback must not break the loop that serves every job
             logger.exception("an apply_async callback raised")
-        if self._engine is None:
-            self._done.set()  # (a job sets its own event once its listeners, this one included, have run)
 
     def ready(self) -> bool:
         return self._done.is_set()
@@ -79,8 +77,7 @@ class AsyncResult:
         return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        if self._engine is not None:
-            self._engine.drive(self._done.is_set, check.wait_timeout("timeout", timeout))
+        self._engine.drive(self._done.is_set, check.wait_timeout("timeout", timeout))
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -112,45 +109,47 @@ class WorkerPool:
         if n_jobs is None or (n_jobs == 0 and not isinstance(n_jobs, bool)):  # MPIRE: 0 means all CPUs too
             # The default, and only the default, is capped by PARALLELIZE_MAX_CPU: an explicit n_jobs wins.
             cap = _config.max_cpu()
-            self._n_jobs = cpu_count() if cap is None else min(cpu_count(), cap)
+            n_jobs = cpu_count() if cap is None else min(cpu_count(), cap)
         else:
-            self._n_jobs = check.n_jobs(n_jobs, cpu_count())
-        self._daemon = check.flag("daemon", daemon)
-        self._cpu_ids = check.cpu_ids(cpu_ids, self._n_jobs)
-        self._shared_objects = shared_objects
-        self._pass_worker_id = check.flag("pass_worker_id", pass_worker_id)
-        self._use_worker_state = check.flag("use_worker_state", use_worker_state)
-        self._start_method = check.start_method(start_method)
+            n_jobs = check.n_jobs(n_jobs, cpu_count())
+        # What every call's workers are made with; a call adds its hooks and lifespan (_settings).
+        self._workers = WorkerSettings(
+            n_jobs=n_jobs, daemon=check.flag("daemon", daemon), cpu_ids=check.cpu_ids(cpu_ids, n_jobs),
+            shared_objects=shared_objects, pass_worker_id=check.flag("pass_worker_id", pass_worker_id),
+            worker_state=check.flag("use_worker_state", use_worker_state),
+            start_method=check.start_method(start_method), enable_insights=check.flag("enable_insights",
+                                                                                      enable_insights))
         self._keep_alive = check.flag("keep_alive", keep_alive)
         # Functions always travel with cloudpickle, which covers what dill was needed for in MPIRE.
         self._use_dill = check.flag("use_dill", use_dill)
-        self._enable_insights = check.flag("enable_insights", enable_insights)
         self._order_tasks = check.flag("order_tasks", order_tasks)
-        self.ctx: Any = _context(self._start_method)
-        self._engine: Engine | None = None
+        self.ctx: Any = _context(self._workers.start_method)
         # PARALLELIZE_DISABLE=1: no workers; worker 0 lives in the calling thread (see _serial).
-        self._serial = _config.disabled()
-        self._serial_worker: SerialWorker | None = None
-        self._serial_settings: WorkerSettings | None = None  # the settings _serial_worker runs with
+        self._pool = PoolHolder("WorkerPool", start=SerialWorker if _config.disabled() else Engine,
+                                fits=_same_processes, on_replace=_log_restart, wait_for_busy=True, cached=False)
         self._lock = threading.RLock()
-        self._lazy_job: object | None = None  # the job (or serial chunks) of an imap still open
+        self._lazy_job: Job | None = None  # the job of an imap still open
         self._active_calls = 0
-        self._exit_results: list[Any] = []
-        self._last_insights: Any = None
 
     # --- setters (MPIRE names) ------------------------------------------------------------------------------------
 
+    @property
+    def _engine(self) -> Runner | None:
+        """The live workers (or serial worker), if any."""
+        return self._pool.engine
+
     def pass_on_worker_id(self, pass_on: bool = True) -> None:
-        self._pass_worker_id = check.flag("pass_on", pass_on)
+        self._workers = replace(self._workers, pass_worker_id=check.flag("pass_on", pass_on))
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
         # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
         # (numpy arrays) count as changed unless they are the same object.
-        if shared_objects is not self._shared_objects and not _equal(shared_objects, self._shared_objects):
-            self._shared_objects = shared_objects
+        current = self._workers.shared_objects
+        if shared_objects is not current and not _equal(shared_objects, current):
+            self._workers = replace(self._workers, shared_objects=shared_objects)
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
-        self._use_worker_state = check.flag("use_worker_state", use_worker_state)
+        self._workers = replace(self._workers, worker_state=check.flag("use_worker_state", use_worker_state))
 
     def set_keep_alive(self, keep_alive: bool = True) -> None:
         self._keep_alive = check.flag("keep_alive", keep_alive)
@@ -253,40 +252,30 @@ class WorkerPool:
                  settings: WorkerSettings, task_timeout: float | None, init_timeout: float | None,
                  exit_timeout: float | None, progress_bar: bool, progress_bar_options: dict[str, Any] | None,
                  progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
+        n_jobs = self._workers.n_jobs
         if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
-            n_splits = 4 * self._n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
-        engine: Engine | None = None
+            n_splits = 4 * n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
         with self._lock:
-            if self._serial:
-                worker = self._serial_worker_for(settings, change_hooks=True)
-                n_tasks, _, chunks = cut(iterable, self._n_jobs, iterable_len, chunk_size, n_splits, True,
-                                         max_tasks_active)
-                call: object = chunks
-            else:
-                engine = self._engine_for(settings, change_hooks=True)
-                job = map_job(engine, func, iterable, n_jobs=self._n_jobs, ordered=ordered,
-                              iterable_len=iterable_len, max_tasks_active=max_tasks_active, chunk_size=chunk_size,
-                              n_splits=n_splits, task_timeout=task_timeout, worker_init_timeout=init_timeout,
-                              worker_exit_timeout=exit_timeout, order_tasks=self._order_tasks,
-                              call_mode=CALL_MPIRE, split_arrays=True)
-                n_tasks, call = job.n_tasks, job
+            engine = self._engine_for(settings, change_hooks=True)
+            job = map_job(engine, func, iterable, n_jobs=n_jobs, ordered=ordered, iterable_len=iterable_len,
+                          max_tasks_active=max_tasks_active, chunk_size=chunk_size, n_splits=n_splits,
+                          task_timeout=task_timeout, worker_init_timeout=init_timeout,
+                          worker_exit_timeout=exit_timeout, order_tasks=self._order_tasks, call_mode=CALL_MPIRE,
+                          split_arrays=True)
             if lazy:
-                self._lazy_job = call
+                self._lazy_job = job
             self._active_calls += 1
-        bar = ProgressBar(n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
+        bar = ProgressBar(job.n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
 
         def on_end(failed: bool) -> None:
             with self._lock:
-                if self._lazy_job is call:
+                if self._lazy_job is job:
                     self._lazy_job = None
                 self._active_calls -= 1
                 self._after_call(engine, failed)
 
         try:
-            if engine is None:
-                yield from _run_serially(worker.bind(func), chunks, bar, on_end)
-            else:
-                yield from run(engine, job, bar, on_end)
+            yield from run(engine, job, bar, on_end)
         except Exception as exc:  # the outermost frame of imap: the user's loop is next
             hide_library_frames(exc)
             raise
@@ -321,20 +310,11 @@ class WorkerPool:
         exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
         settings = self._settings(worker_init, worker_exit, None)
         with self._lock:
-            if self._serial:
-                worker = self._serial_worker_for(settings, change_hooks=False)
-                result = AsyncResult(None, None, callback, error_callback)
-                try:
-                    value, error = worker.bind(func)(*args, **(kwargs or {})), None
-                except Exception as exc:  # the AsyncResult holds it, as a worker's failure
-                    value, error = None, exc
-                result._finish(value, error)
-                return result
             engine = self._engine_for(settings, change_hooks=False)
             job = apply_job(engine, func, args, kwargs or {}, task_timeout=task_timeout,
                             worker_init_timeout=init_timeout, worker_exit_timeout=exit_timeout)
             result = AsyncResult(engine, job, callback, error_callback)
-            engine.submit(job, background=True)
+            engine.submit(job, background=True)  # (in serial mode it runs here and now)
         return result
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
@@ -346,24 +326,16 @@ class WorkerPool:
                 if self._engine is not None:
                     self._engine.wait_async_jobs()
                 return
-            self._stop_serial()
-            engine = self._engine
-            if engine is None:
-                return
-            engine.wait_async_jobs()
-            self._engine = None
-            self._stop_engine(engine)
+            self._pool.close()
 
     join = stop_and_join
 
     def terminate(self) -> None:
         """End every worker now. Outstanding tasks are dropped, exit hooks do not run."""
         with self._lock:
-            self._serial_worker = None  # no exit hook, as for workers
-            engine, self._engine = self._engine, None
-            if engine is not None:
-                self._remember_insights(engine)
-                engine.terminate()
+            engine = self._engine
+            if engine is not None and self._pool.detach(engine):
+                self._pool.kill(engine)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -378,7 +350,7 @@ class WorkerPool:
 
     def get_exit_results(self) -> list[Any]:
         """The worker_exit return values from the last time workers stopped."""
-        return list(self._exit_results)
+        return list(self._pool.exit_results)
 
     def get_insights(self) -> dict[str, Any]:
         """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks, in MPIRE's shape:
@@ -394,11 +366,11 @@ class WorkerPool:
 
     def _insights_collector(self) -> Any:
         engine = self._engine
-        if not self._enable_insights:
+        if not self._workers.enable_insights:
             return None
         if engine is not None and engine.insights is not None:
             return engine.insights
-        return self._last_insights
+        return self._pool.last_insights
 
     # --- internals ----------------------------------------------------------------------------------------------
 
@@ -407,14 +379,10 @@ class WorkerPool:
         for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable or None, got {hook!r}")
-        return WorkerSettings(
-            n_jobs=self._n_jobs, start_method=self._start_method, daemon=self._daemon, cpu_ids=self._cpu_ids,
-            shared_objects=self._shared_objects, pass_worker_id=self._pass_worker_id,
-            worker_state=self._use_worker_state, worker_init=worker_init, worker_exit=worker_exit,
-            worker_lifespan=worker_lifespan, enable_insights=self._enable_insights,
-        )
+        return replace(self._workers, worker_init=worker_init, worker_exit=worker_exit,
+                       worker_lifespan=worker_lifespan)
 
-    def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Engine:
+    def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Runner:
         """The running workers if they fit *settings*, else new ones.
 
         As in MPIRE, live workers are kept (with their state) whatever the call's hooks and lifespan: a map hands
@@ -422,43 +390,10 @@ class WorkerPool:
         receives (pass_on_worker_id, set_shared_objects, set_use_worker_state) needs new workers.
         """
         self._check_not_busy()
-        engine = self._engine
-        if engine is not None:
-            if engine.usable and _same_processes(engine.settings, settings):
-                kept = engine  # (the narrowed type, for the closure)
-                self._keep_workers(engine.settings, settings, change_hooks, lambda: kept.update_hooks(
-                    settings.worker_init, settings.worker_exit, settings.worker_lifespan))
-                return kept
-            if engine.usable:
-                _log_restart()
-            self._engine = None
-            engine.wait_async_jobs()
-            self._stop_engine(engine)
-        engine = self._engine = Engine(settings)
+        engine = self._pool.engine_for(settings)
+        self._keep_workers(engine.settings, settings, change_hooks, lambda: engine.update_hooks(
+            settings.worker_init, settings.worker_exit, settings.worker_lifespan))
         return engine
-
-    def _serial_worker_for(self, settings: WorkerSettings, *, change_hooks: bool) -> SerialWorker:
-        """_engine_for in serial mode: the one in-thread worker, kept on the same terms."""
-        self._check_not_busy()
-        worker, current = self._serial_worker, self._serial_settings
-        if worker is not None and current is not None:
-            if _same_processes(current, settings):
-                kept = worker  # (the narrowed type, for the closure)
-
-                def update() -> int:
-                    kept.init(settings.worker_init)  # runs only if the worker has run no worker_init yet
-                    self._serial_settings = settings
-                    return 1
-
-                self._keep_workers(current, settings, change_hooks, update)
-                return kept
-            _log_restart()
-            self._stop_serial()
-        worker = SerialWorker(pass_worker_id=settings.pass_worker_id, shared_objects=settings.shared_objects,
-                              worker_state=settings.worker_state)
-        worker.init(settings.worker_init)
-        self._serial_worker, self._serial_settings = worker, settings
-        return worker
 
     def _check_not_busy(self) -> None:
         if self._lazy_job is not None:  # an imap whose iterator is still open, whatever its tasks' state
@@ -484,39 +419,13 @@ class WorkerPool:
                           "latest worker_exit runs when the workers stop", RuntimeWarning,
                           stacklevel=_user_stacklevel())
 
-    def _after_call(self, engine: Engine | None, failed: bool) -> None:
-        if engine is None:  # serial mode
-            if not (self._keep_alive or self._active_calls):
-                if failed:
-                    self._serial_worker = None  # as for workers: no exit hook after a failure
-                else:
-                    self._stop_serial()
+    def _after_call(self, engine: Runner, failed: bool) -> None:
+        if self._keep_alive or self._active_calls or engine.has_async_jobs() or not self._pool.detach(engine):
             return
-        if self._keep_alive or self._engine is not engine or self._active_calls or engine.has_async_jobs():
-            return
-        self._engine = None
         if failed:
-            self._remember_insights(engine)
-            engine.terminate()  # as MPIRE: after an error the workers are not asked to finish politely
+            self._pool.kill(engine)  # as MPIRE: after an error the workers are not asked to finish politely
         else:
-            self._stop_engine(engine)
-
-    def _stop_engine(self, engine: Engine) -> None:
-        self._remember_insights(engine)
-        self._exit_results = list(engine.stop())
-        if engine.exit_errors:
-            raise engine.exit_errors[0]
-
-    def _stop_serial(self) -> None:
-        worker, settings = self._serial_worker, self._serial_settings
-        if worker is None or settings is None:
-            return
-        self._serial_worker = None
-        self._exit_results = [worker.exit(settings.worker_exit)] if settings.worker_exit is not None else []
-
-    def _remember_insights(self, engine: Engine) -> None:
-        if engine.insights is not None:
-            self._last_insights = engine.insights
+            self._pool.stop(engine)
 
 
 class ThreadingContext:
@@ -537,23 +446,6 @@ class ThreadingContext:
     JoinableQueue = multiprocessing.JoinableQueue
     Process = multiprocessing.Process
     Value = multiprocessing.Value
-
-
-def _run_serially(func: Callable[..., Any], chunks: Iterator[list[Any]], progress: ProgressBar | None,
-                  on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
-    """A map in the calling thread; ``on_end(failed)`` runs exactly once, as for _calls.run."""
-    failed = True
-    try:
-        for chunk in chunks:
-            for item in chunk:
-                yield call_item(func, item, CALL_MPIRE)
-            if progress is not None:
-                progress.update(len(chunk))
-        failed = False
-    finally:
-        if progress is not None:
-            progress.close(failed=failed)
-        on_end(failed)
 
 
 def _same_processes(current: WorkerSettings, settings: WorkerSettings) -> bool:

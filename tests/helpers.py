@@ -48,6 +48,20 @@ def fail_on(x: int, bad: int = 3) -> int:
     return x
 
 
+def flaky_with_id(worker_id: int, directory: str, times: int) -> tuple[int, int]:
+    """Fails its first *times* calls (counted in a file in *directory*); then (worker_id, calls so far)."""
+    counter = os.path.join(directory, "calls")
+    calls = 1
+    if os.path.exists(counter):
+        with open(counter) as f:
+            calls += int(f.read())
+    with open(counter, "w") as f:
+        f.write(str(calls))
+    if calls <= times:
+        raise ConnectionError(f"call {calls} fails")
+    return worker_id, calls
+
+
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

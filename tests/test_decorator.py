@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import io
 import logging
 import multiprocessing
 import os
@@ -261,6 +262,53 @@ def test_aimap_does_not_block_the_event_loop() -> None:
 
     assert asyncio.run(main()) == [0, 1, 2, 3]
     assert len(ticks) == 5
+
+
+def test_aimap_left_early_marks_its_progress_bar_failed_as_imap_does(closing: Callable[[Any], Any]) -> None:
+    # The async face used to close the bar as a success when the caller left early; the sync face said failed.
+    func = closing(dh.cube.options(backend="thread", n_jobs=1, chunk_size=1, progress_bar=True))
+    bars = {"imap": io.StringIO(), "aimap": io.StringIO()}
+    lazy = func.imap(range(50), progress_bar_options={"file": bars["imap"]})
+    next(lazy)
+    lazy.close()
+
+    async def first() -> None:
+        results = func.aimap(range(50), progress_bar_options={"file": bars["aimap"]})
+        async for _ in results:
+            break
+        await results.aclose()
+
+    asyncio.run(first())
+    assert ["(failed)" in bar.getvalue() for bar in bars.values()] == [True, True]
+
+
+def test_closing_after_an_aimap_left_early_from_an_ended_event_loop_does_not_hang() -> None:
+    # The driver thread used to wake the aimap's event loop after asyncio.run() had closed it: the RuntimeError
+    # failed the driver and left the job counted as pending, and close() waited for it for ever (about two runs
+    # in five). In a subprocess, so that a hang ends with the timeout.
+    code = textwrap.dedent("""
+        import asyncio
+        import decorated_helpers as dh
+
+        async def first(func):
+            results = func.aimap(range(50))
+            async for _ in results:
+                break
+            await results.aclose()
+
+        for _ in range(10):
+            func = dh.cube.options(backend="thread", n_jobs=1, chunk_size=1)
+            asyncio.run(first(func))
+            func.close()
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              check=False, env=env)
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError(f"close() hung: {hung.stderr!r}") from None
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "ok", "")
 
 
 def test_serial_calls_the_plain_function_in_this_process() -> None:
@@ -569,6 +617,17 @@ def test_rebuild_runs_exit_hooks_of_the_old_workers() -> None:
     dh.hooked(range(4))
     old = dh.hooked.worker_pids()
     dh.hooked(range(4), n_jobs=1)
+    assert sorted(pid for pid, _ in dh.hooked.exit_results) == sorted(old)
+
+
+def test_exit_results_of_a_replaced_pool_stopped_after_its_open_imap_are_kept() -> None:
+    # Its stop used to run twice (when the imap ended and again for the retired pools), and the second, on a
+    # stopped pool, replaced the exit results with [].
+    lazy = dh.hooked.imap(range(4), keep_alive=False)  # pool A, in use until the imap ends
+    next(lazy)
+    old = dh.hooked.worker_pids()
+    dh.hooked(range(4), n_jobs=1, keep_alive=False)  # a new pool B; A is retired while the imap reads from it
+    assert len(list(lazy)) == 3
     assert sorted(pid for pid, _ in dh.hooked.exit_results) == sorted(old)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,44 @@ def test_errors_subclass_the_builtins_they_resemble() -> None:
     for name in ("ConfigError", "PoolBusyError", "PoolClosedError", "TaskTimeoutError", "WorkerDiedError",
                  "ResultPicklingError", "ResultTimeoutError", "RemoteError"):
         assert issubclass(getattr(parallelize, name), parallelize.ParallelError)
+
+
+def test_every_exported_exception_derives_from_parallel_error() -> None:
+    # Warnings are left out on purpose: they are not errors, and ``except ParallelError`` must not catch one that
+    # a warnings filter turned into an exception.
+    exported = [getattr(parallelize, name) for name in parallelize.__all__]
+    errors = [obj for obj in exported if isinstance(obj, type) and issubclass(obj, BaseException)
+              and not issubclass(obj, Warning)]
+    assert len(errors) >= 10
+    assert [e.__name__ for e in errors if not issubclass(e, parallelize.ParallelError)] == []
+
+
+def _slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_errors_a_worker_pool_raises_itself_derive_from_parallel_error() -> None:
+    caught: list[BaseException] = []
+    with pytest.raises(parallelize.ParallelError) as bad_option:
+        parallelize.WorkerPool(n_jobs=1.5)
+    caught.append(bad_option.value)
+    with parallelize.WorkerPool(1, start_method="threading") as pool:
+        pending = pool.apply_async(_slow, (0.5,))
+        with pytest.raises(parallelize.ParallelError) as not_ready:
+            pending.get(timeout=0)
+        caught.append(not_ready.value)
+        lazy = pool.imap(_slow, [0.0, 0.0])
+        next(lazy)
+        with pytest.raises(parallelize.ParallelError) as busy:
+            pool.map(_slow, [0.0])
+        caught.append(busy.value)
+        pool.terminate()
+        with pytest.raises(parallelize.ParallelError) as closed:
+            next(lazy)
+        caught.append(closed.value)
+    assert [type(e).__name__ for e in caught] == ["ConfigError", "ResultTimeoutError", "PoolBusyError",
+                                                 "PoolClosedError"]
 
 
 @pytest.mark.timeout(60)

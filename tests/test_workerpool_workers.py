@@ -656,7 +656,7 @@ def test_n_jobs_zero_means_every_cpu_as_in_mpire() -> None:
     with WorkerPool(0, start_method="threading", pass_worker_id=True) as pool:
         assert pool.map(worker_id_of, range(4)) is not None
         assert len(pool.get_exit_results()) == 0
-    assert WorkerPool(0)._n_jobs == parallelize.cpu_count()
+    assert WorkerPool(0)._workers.n_jobs == parallelize.cpu_count()
 
 
 @pytest.mark.parametrize(("kwargs", "name", "shown"), [
