@@ -191,8 +191,14 @@ def test_two_calls_cancelled_together_on_one_worker_both_stop(order: str) -> Non
         b = map_job(engine, spin, [20.0], n_jobs=1, ordered=True, chunk_size=1)
         engine.submit(a)
         engine.submit(b)
-        assert engine.drive(lambda: all(s.life is Life.SERVING and len(s.inflight) == 2 and s.key is not None
-                                        and engine.backend.clock(s.key)[_clock.TAG] for s in engine._workers), 20)
+        def running_with_one_queued() -> bool:
+            return all(s.life is Life.SERVING and len(s.inflight) == 2 and s.key is not None
+                       and engine.backend.clock(s.key)[_clock.TAG] for s in engine._workers)
+
+        # The clock changes without any event to end a wait: drive in short turns until it shows the task.
+        deadline = time.monotonic() + 20
+        while not engine.drive(running_with_one_queued, 0.05):
+            assert time.monotonic() < deadline, "the worker never started the first chunk"
         pids = engine.worker_pids()
         t0 = time.monotonic()
         for job in ((a, b) if order == "running first" else (b, a)):
