@@ -19,22 +19,33 @@ _COMPARED_BY_VALUE = ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worke
 _COMPARED_BY_IDENTITY = ("shared_objects", "worker_init", "worker_exit")
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Everything fixed for a worker's life; a change means new workers."""
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    """What every worker of a pool runs with, under the public options' names; the worker gets these as they
+    are (``WorkerSpec`` adds what is its own)."""
 
-    n_jobs: int
-    start_method: str
-    daemon: bool = True
-    cpu_ids: tuple[tuple[int, ...] | None, ...] = ()
     shared_objects: Any = None
     pass_worker_id: bool = False
     worker_state: bool = False
     worker_init: Callable[..., Any] | None = None
     worker_exit: Callable[..., Any] | None = None
-    worker_lifespan: int | None = None
-    max_worker_memory: int | None = None
+    worker_lifespan: int | None = None  # tasks after which a worker ends itself
+    max_worker_memory: int | None = None  # bytes of memory after which a worker ends itself (between chunks)
     enable_insights: bool = False
+
+    def worker_options(self) -> dict[str, Any]:
+        """These fields alone, by name (to make a WorkerSpec from WorkerSettings)."""
+        return {f.name: getattr(self, f.name) for f in fields(WorkerOptions)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings(WorkerOptions):
+    """Everything fixed for a pool's workers; a change means new workers."""
+
+    n_jobs: int
+    start_method: str
+    daemon: bool = True
+    cpu_ids: tuple[tuple[int, ...] | None, ...] = ()
 
     @classmethod
     def from_options(cls, options: Options) -> WorkerSettings:

@@ -37,6 +37,7 @@ from ._messages import (
     WorkerStats,
 )
 from ._serialize import ResultUnpicklable, TaskFailure, describe_unpicklable, loads, pack_exception
+from ._settings import WorkerOptions
 
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
 
@@ -69,20 +70,12 @@ class ChunkCancelled(BaseException):
     in user code must not swallow it)."""
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs for its whole life. Changing any of it means starting new workers."""
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec(WorkerOptions):
+    """Everything a worker needs for its whole life: the pool's worker options and its own part."""
 
     worker_id: int
     functions: dict[int, Callable[..., Any]] = field(default_factory=dict)
-    shared_objects: Any = None
-    pass_worker_id: bool = False
-    worker_state: bool = False
-    worker_init: Callable[..., Any] | None = None
-    worker_exit: Callable[..., Any] | None = None
-    worker_lifespan: int | None = None  # tasks after which the worker ends itself
-    max_worker_memory: int | None = None  # bytes of RSS after which the worker ends itself (checked between chunks)
-    enable_insights: bool = False
     cpu_ids: tuple[int, ...] | None = None
     created_at: float = 0.0  # time.time() when the parent started the worker
 

@@ -135,16 +135,9 @@ class Workers:
         self.backend.start_worker(key, WorkerSpec(
             worker_id=slot.worker_id,
             functions=functions,
-            shared_objects=settings.shared_objects,
-            pass_worker_id=settings.pass_worker_id,
-            worker_state=settings.worker_state,
-            worker_init=settings.worker_init,
-            worker_exit=settings.worker_exit,
-            worker_lifespan=settings.worker_lifespan,
-            max_worker_memory=settings.max_worker_memory,
-            enable_insights=settings.enable_insights,
             cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
             created_at=time.time(),
+            **settings.worker_options(),
         ))
         fresh = WorkerSlot(slot.worker_id, key=key, pid=self.backend.pid(key), life=Life.STARTING,
                            known_funcs=set(functions), init_hook=settings.worker_init)
