@@ -131,21 +131,22 @@ _STARTED = object()
 
 
 def started(engine: Runner, job: Job, progress: ProgressBar | None,
-            on_end: Callable[[bool], None]) -> Generator[Any, None, None]:
+            on_end: Callable[[bool], None], *, batches: bool = False) -> Generator[Any, None, None]:
     """run(), already under way: the call counts as running on its engine, and its job is submitted, from now on
     rather than from the first next(). So an imap that is not read yet keeps its pool (the pool cache never stops
     or replaces it under the caller), and its cleanup runs however the generator ends, even unread."""
-    generator = run(engine, job, progress, on_end, primed=True)
+    generator = run(engine, job, progress, on_end, primed=True, batches=batches)
     next(generator)
     return generator
 
 
 @raises_job_errors
 def run(engine: Runner, job: Job, progress: ProgressBar | None,
-        on_end: Callable[[bool], None], *, primed: bool = False) -> Generator[Any, None, None]:
+        on_end: Callable[[bool], None], *, primed: bool = False,
+        batches: bool = False) -> Generator[Any, None, None]:
     """The sync face of a Call: submit *job* and yield its results as they become available, driving the runner
     from this thread. ``on_end(failed)`` runs exactly once, however the generator ends (exhausted, error, closed
-    early)."""
+    early). With *batches*, each yield is a list of results (a map collecting them all: no step per result)."""
     call = Call(engine, job, progress, on_end)
     interrupted = False
     try:
@@ -157,7 +158,10 @@ def run(engine: Runner, job: Job, progress: ProgressBar | None,
             batch = call.batch()
             if batch is None:
                 break
-            yield from batch
+            if batches:
+                yield batch
+            else:
+                yield from batch
         error = call.error()
         if error is not None:
             raise error

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib
+import itertools
 import multiprocessing
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -207,8 +208,15 @@ class _Core:
             return _Zipped(iterables)
         return _SizedZipped(iterables, min(n for n in lengths if n is not None))
 
+    def map_all(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
+                ordered: bool) -> list[Any]:
+        """Every result of a map, collected batch by batch (no generator step per result)."""
+        results = self.run_map(instance, iterables, call_options, ordered, batches=True)
+        return results if isinstance(results, list) else list(itertools.chain.from_iterable(results))
+
     def run_map(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
-                ordered: bool) -> Iterable[Any]:
+                ordered: bool, *, batches: bool = False) -> Iterable[Any]:
+        """The results of a map, one by one (or, with *batches*, in lists; a serial map returns one list)."""
         iterable = self.inputs(iterables)
         options = self.resolve(call_options)
         target = self.target(instance)
@@ -217,7 +225,7 @@ class _Core:
         for attempt in range(SUBMIT_ATTEMPTS):
             engine, job, bar = self.start_map(target, iterable, options, ordered)
             try:
-                return started(engine, job, bar, self.ender(engine, options))
+                return started(engine, job, bar, self.ender(engine, options), batches=batches)
             except PoolClosedError:
                 if attempt == SUBMIT_ATTEMPTS - 1:
                     raise
@@ -256,7 +264,8 @@ class _Core:
         """Everything in this thread, as a single worker would: init hook, the job (the same Job, with its error
         policy, as in workers), exit hook."""
         worker = SerialWorker(WorkerSettings.from_options(options))
-        results = list(run(worker, self.map_job(worker, target, iterable, options, ordered), None, _ignore))
+        batches = run(worker, self.map_job(worker, target, iterable, options, ordered), None, _ignore, batches=True)
+        results = list(itertools.chain.from_iterable(batches))
         self.serial_worker_done(worker)
         return results
 
@@ -365,7 +374,7 @@ class _Methods(Generic[P, R]):
     @hides_library_frames
     def map_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """All results, in completion order."""
-        return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False))
+        return self._self_core.map_all(self._instance(), (iterable, *iterables), options, ordered=False)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
         """One call in a worker; a concurrent.futures.Future for its result."""
@@ -460,7 +469,7 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
 
     @hides_library_frames
     def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
-        return list(self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=True))
+        return self._self_core.map_all(self._instance(), (iterable, *iterables), options, ordered=True)
 
 
 class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
@@ -490,7 +499,7 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
     def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
         """Run the function over *iterable* (or over several, zipped as ``map(f, xs, ys)`` does): the results,
         in input order."""
-        return list(self._self_core.run_map(None, (iterable, *iterables), options, ordered=True))
+        return self._self_core.map_all(None, (iterable, *iterables), options, ordered=True)
 
     def worker_init(self, hook: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: run *hook* once in each worker before its first task (receives the same leading

@@ -7,6 +7,7 @@ A thin layer: it validates arguments, turns each call into a Job, and decides wh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import queue
@@ -168,10 +169,10 @@ class WorkerPool:
             worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
             progress_bar_style: str | None = None) -> Any:
         """Run *func* on every item; results in input order (a list, or one array for numpy input)."""
-        results = list(self._run(func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits,
-                                 worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout,
-                                 worker_init_timeout, worker_exit_timeout, progress_bar_options,
-                                 progress_bar_style, lazy=False))
+        results = list(itertools.chain.from_iterable(self._run(
+            func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits, worker_lifespan,
+            progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout, worker_exit_timeout,
+            progress_bar_options, progress_bar_style, lazy=False)))
         # As MPIRE: array results are joined whenever the first one is an array, whatever the input was.
         if concatenate_numpy_output and results and is_numpy_array(results[0]):
             import numpy
@@ -189,10 +190,10 @@ class WorkerPool:
                       worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
                       progress_bar_style: str | None = None) -> list[Any]:
         """Like map, in completion order."""
-        return list(self._run(func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits,
-                              worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout,
-                              worker_init_timeout, worker_exit_timeout, progress_bar_options, progress_bar_style,
-                              lazy=False))
+        return list(itertools.chain.from_iterable(self._run(
+            func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits, worker_lifespan,
+            progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout, worker_exit_timeout,
+            progress_bar_options, progress_bar_style, lazy=False)))
 
     def imap(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
              max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
@@ -275,7 +276,8 @@ class WorkerPool:
                 self._after_call(engine, failed)
 
         try:
-            yield from run(engine, job, bar, on_end)
+            # A map (not lazy) takes the results a batch at a time: no generator step per result.
+            yield from run(engine, job, bar, on_end, batches=not lazy)
         except Exception as exc:  # the outermost frame of imap: the user's loop is next
             hide_library_frames(exc)
             raise
