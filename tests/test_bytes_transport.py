@@ -46,22 +46,12 @@ def round_trip(obj: Any) -> tuple[Any, int]:
     return pickle.loads(data, buffers=[bytearray(b) for b in buffers]), len(buffers)
 
 
-def shape_of(obj: Any) -> Any:
-    """The types at every depth, plus the contents: equal shapes mean equal values of the same types."""
-    if isinstance(obj, (list, tuple)):
-        return type(obj).__name__, [shape_of(x) for x in obj]
-    if isinstance(obj, dict):
-        return "dict", {k: shape_of(v) for k, v in obj.items()}
-    if isinstance(obj, memoryview):
-        return "memoryview", obj.format, obj.shape, obj.readonly, obj.tobytes()
-    return type(obj).__name__, obj
-
-
 # --- tasks (module level: importable under spawn and forkserver) --------------------------------------------------
 
 
 def describe(obj: Any) -> Any:
-    """What the task received: type and digest at every depth (memoryviews: also format, shape, writability)."""
+    """Type and digest at every depth (memoryviews: also format, shape, writability): equal descriptions mean
+    equal values of the same types. Tasks return it for what they received."""
     if isinstance(obj, (list, tuple)):
         return type(obj).__name__, [describe(x) for x in obj]
     if isinstance(obj, dict):
@@ -125,7 +115,7 @@ def test_large_bytes_and_bytearrays_leave_the_pickle_at_any_depth_and_come_back_
     part = data[: K + 5]  # the object itself when bytes are sliced whole
     message = ("name", [data, {"key": (1, part)}])
     out, n_buffers = round_trip(message)
-    assert shape_of(out) == shape_of(message)
+    assert describe(out) == describe(message)
     assert n_buffers == len({id(x) for x in (data, part) if len(x) >= K})
 
 
@@ -156,7 +146,7 @@ def test_pieces_that_look_like_the_opcode_of_a_large_object_stay_in_the_pickle()
             if rng.random() < 0.3:
                 items.append(list(range(rng.randint(0, 30_000))))
         out, _ = round_trip(items)
-        assert shape_of(out) == shape_of(items)
+        assert describe(out) == describe(items)
 
 
 @pytest.mark.parametrize("view", [
@@ -170,7 +160,7 @@ def test_pieces_that_look_like_the_opcode_of_a_large_object_stay_in_the_pickle()
 def test_memoryviews_keep_their_format_shape_and_writability(view: memoryview) -> None:
     out, _ = round_trip([view])
     assert isinstance(out[0], memoryview)
-    assert shape_of(out[0]) == shape_of(view)
+    assert describe(out[0]) == describe(view)
 
 
 def test_a_memoryview_of_a_format_that_cannot_be_rebuilt_is_refused_naming_the_format() -> None:
@@ -200,7 +190,7 @@ def test_results_arrive_intact_and_of_their_type(start_method: str, kind: str) -
     calls = [(kind, seed, size) for seed, size in enumerate(SIZES * 2)]
     with WorkerPool(N_JOBS, start_method=start_method) as pool:
         results = pool.map(make_result, calls, chunk_size=2)
-    assert [shape_of(r) for r in results] == [shape_of(make_result(*call)) for call in calls]
+    assert [describe(r) for r in results] == [describe(make_result(*call)) for call in calls]
 
 
 @pytest.mark.parametrize("start_method", PROCESS_METHODS)
