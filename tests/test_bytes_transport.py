@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,37 @@ def test_pieces_that_look_like_the_opcode_of_a_large_object_stay_in_the_pickle()
                 items.append(list(range(rng.randint(0, 30_000))))
         out, _ = round_trip(items)
         assert describe(out) == describe(items)
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise ValueError("refuses to be pickled")
+
+
+def test_a_failed_pickling_leaves_nothing_behind_for_the_next_message() -> None:
+    # Each thread reuses one Pickler: a message that fails halfway must not leak pieces or memo into the next.
+    with pytest.raises(ValueError, match="refuses"):
+        dumps_out_of_band([payload(1, 2 * K), Unpicklable()])
+    message = [payload(2, 2 * K), "small"]
+    assert round_trip(message) == (message, 1)
+
+
+def test_threads_pickling_at_once_each_get_their_own_messages() -> None:
+    errors: list[str] = []
+
+    def pickle_many(seed: int) -> None:
+        for round_ in range(50):
+            message = (seed, round_, [payload(seed * 100 + round_, K + round_), bytearray(payload(seed, 300))])
+            out, _ = round_trip(message)
+            if describe(out) != describe(message):
+                errors.append(f"thread {seed}, round {round_}")
+
+    threads = [threading.Thread(target=pickle_many, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 @pytest.mark.parametrize("view", [
