@@ -3,6 +3,7 @@ and imports this module there)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -87,3 +88,17 @@ def uneven_partial(cost: int) -> dict[str, int]:
 
 def add_one(array: np.ndarray) -> np.ndarray:
     return array + 1.0
+
+
+# --- W5b: 64 KiB byte strings in, digests or 64 KiB byte strings out -------------------------------------------
+
+W5B_BYTES = 64 * 1024
+
+
+def sha256_digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def sha256_spread(data: bytes) -> bytes:
+    """The digest repeated to the input's length: a result as large as the argument."""
+    return hashlib.sha256(data).digest() * (len(data) // 32)

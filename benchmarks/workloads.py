@@ -41,15 +41,16 @@ class Sizes:
     w3b: int
     w4: int
     w5: int
+    w5b: int  # 64 KiB byte strings
     latency_reps: int  # cached map(10) calls per round (fresh pools: a third of it, at least 1)
 
 
 FULL = Sizes("full", rounds=4, slow_rounds=3, warmup=1, w1=200_000, w1s=5_000, w2=400, w3a_mib=128, w3b=2000,
-             w4=1500, w5=64, latency_reps=30)
+             w4=1500, w5=64, w5b=2000, latency_reps=30)
 QUICK = Sizes("quick", rounds=3, slow_rounds=2, warmup=1, w1=100_000, w1s=2_000, w2=150, w3a_mib=128, w3b=600,
-              w4=750, w5=32, latency_reps=15)
+              w4=750, w5=32, w5b=2000, latency_reps=15)
 SMOKE = Sizes("smoke", rounds=1, slow_rounds=1, warmup=0, w1=2_000, w1s=100, w2=8, w3a_mib=8, w3b=20, w4=30, w5=4,
-              latency_reps=2)
+              w5b=20, latency_reps=2)
 
 
 def check(condition: bool, what: str) -> None:
@@ -398,6 +399,39 @@ class W5Reuse(W5Fresh):
     title = "1 MiB numpy arrays in and out, warm pools; malloc reuses heap buffers"
 
 
+# --- W5b ---------------------------------------------------------------------------------------------------------
+
+
+class W5bDigest(Workload):
+    id, unit, warm, has_ideal = "W5b-digest", "x serial", True, True
+    title = "sha256 of in-memory 64 KiB byte strings, 32-byte digests back, warm pools"
+    task: ClassVar[Callable[[bytes], bytes]] = staticmethod(tasks.sha256_digest)
+
+    def setup(self) -> None:
+        import random
+
+        rng = random.Random(5)
+        self.items = [rng.randbytes(tasks.W5B_BYTES) for _ in range(self.sizes.w5b)]
+        self.expected = [type(self).task(item) for item in self.items]
+
+    def teardown(self) -> None:
+        del self.items, self.expected
+
+    def measure(self, peer: Peer) -> float:
+        seconds, results = timed(lambda: peer.map(type(self).task, self.items))
+        check(results == self.expected, f"wrong W5b results from {peer.name}")
+        return seconds
+
+    def metric(self, median: float, serial_median: float | None) -> str:
+        return speed_up(median, serial_median)
+
+
+class W5bBytes(W5bDigest):
+    id = "W5b-bytes"
+    title = "sha256 of in-memory 64 KiB byte strings, 64 KiB bytes back (the digest repeated), warm pools"
+    task = staticmethod(tasks.sha256_spread)
+
+
 # --- W6 ----------------------------------------------------------------------------------------------------------
 
 TEN = list(range(10))
@@ -504,8 +538,8 @@ class W6Import(W6Fresh):
         return float(out.strip())
 
 
-ALL: list[type[Workload]] = [W1, W1s, W2, W3a, W3b, W4, W5Fresh, W5Reuse, W6Fresh, W6Cached, W6Process, W6Import,
-                             W7]
+ALL: list[type[Workload]] = [W1, W1s, W2, W3a, W3b, W4, W5Fresh, W5Reuse, W5bDigest, W5bBytes, W6Fresh, W6Cached,
+                             W6Process, W6Import, W7]
 
 
 def select(only: str | None) -> list[type[Workload]]:

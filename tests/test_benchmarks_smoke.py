@@ -21,8 +21,8 @@ def test_smoke_run_prints_a_table(tmp_path: Path) -> None:
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| Peer | median |" in done.stdout
-    for workload in ("W1", "W1s", "W2", "W3a", "W3b", "W4", "W5-fresh", "W5-reuse", "W6-fresh", "W6-cached",
-                     "W6-process", "W6-import", "W7"):
+    for workload in ("W1", "W1s", "W2", "W3a", "W3b", "W4", "W5-fresh", "W5-reuse", "W5b-digest", "W5b-bytes",
+                     "W6-fresh", "W6-cached", "W6-process", "W6-import", "W7"):
         assert f"### {workload}:" in done.stdout, workload
     assert "FAILED" not in done.stdout
     assert out.exists() and '"workloads"' in out.read_text()

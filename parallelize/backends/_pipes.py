@@ -4,11 +4,12 @@ The parent never blocks on a write (a full pipe keeps the rest in an outbox and 
 worker busy writing a large result and a parent writing a large chunk can never deadlock each other.
 
 A frame is: total length (8 bytes) | buffer count, pickle length, released count (4 + 8 + 4) | per out-of-band
-buffer its length and place (8 + 8) | released task-arena offsets (8 each) | the pickle | the inline buffers.
-Out-of-band buffers are large numpy arrays (pickle protocol 5). A buffer's place is -1 when it follows the
-pickle in the frame (written straight from the array's memory, read into one writable bytearray the receiver's
-arrays are rebuilt on), else where it lies in the worker's shared memory (see _shm): no copy into or out of the
-pickle either way. Frames from a worker also list the task-arena regions it no longer uses.
+buffer its length, place and whether it is read-only (8 + 8 + 1) | released task-arena offsets (8 each) | the
+pickle | the inline buffers. Out-of-band buffers are those of large numpy arrays, bytes and bytearray objects
+(see _serialize.dumps_out_of_band). A buffer's place is -1 when it follows the pickle in the frame (written
+straight from the object's memory, read into one writable bytearray the receiver's objects are rebuilt on), else
+where it lies in the worker's shared memory (see _shm): no copy into or out of the pickle either way. Frames from
+a worker also list the task-arena regions it no longer uses.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def enlarge_pipe(fd: int) -> None:
 
 
 def _descriptor_format(n_buffers: int, n_released: int) -> str:
-    return "<" + "Qq" * n_buffers + f"{n_released}Q"
+    return "<" + "QqB" * n_buffers + f"{n_released}Q"
 
 
 Place = Callable[[memoryview], int]  # copies a buffer into shared memory: where it lies, or INLINE
-Fetch = Callable[[int, int], Any]  # (place, size) -> a buffer object to rebuild the array on
+# (place, size, read-only) -> a buffer object to rebuild the object on. A read-only buffer can come back as bytes
+# (an immutable copy): a bytes object is then rebuilt without a second copy.
+Fetch = Callable[[int, int, bool], Any]
 
 
 def encode(message: Any, place: Place | None = None, released: Sequence[int] = ()) -> list[memoryview]:
@@ -63,7 +66,7 @@ def encode(message: Any, place: Place | None = None, released: Sequence[int] = (
         where = place(buffer) if place is not None and buffer.nbytes >= SHARED_MIN else INLINE
         if where == INLINE:
             inline.append(buffer)
-        descriptors += (buffer.nbytes, where)
+        descriptors += (buffer.nbytes, where, buffer.readonly)
     layout = (LAYOUT.pack(len(buffers), len(data), len(released))
               + struct.pack(_descriptor_format(len(buffers), len(released)), *descriptors, *released))
     total = len(layout) + len(data) + sum(buffer.nbytes for buffer in inline)
@@ -80,18 +83,18 @@ def decode(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
     n_buffers, data_size, n_released = LAYOUT.unpack_from(view, 0)
     offset = LAYOUT.size
     descriptors = struct.unpack_from(_descriptor_format(n_buffers, n_released), view, offset)
-    offset += 16 * n_buffers + 8 * n_released
+    offset += 17 * n_buffers + 8 * n_released
     if n_released and release is not None:
-        release(list(descriptors[2 * n_buffers :]))
+        release(list(descriptors[3 * n_buffers :]))
     data = view[offset : offset + data_size]
     offset += data_size
     buffers: list[Any] = []
     for index in range(n_buffers):
-        size, where = descriptors[2 * index], descriptors[2 * index + 1]
+        size, where, readonly = descriptors[3 * index : 3 * index + 3]
         if where != INLINE:
             if fetch is None:
                 raise RuntimeError("a frame refers to shared memory this side does not have")
-            buffers.append(fetch(where, size))
+            buffers.append(fetch(where, size, readonly))
             continue
         part = view[offset : offset + size]
         offset += size
