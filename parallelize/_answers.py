@@ -55,6 +55,8 @@ class Answers:
             job.complete(chunk, *_unpickle_each(chunk, message.values, message.failures), message.duration)
         else:
             job.complete(chunk, message.values, message.failures, message.duration)
+        if not message.cancelled and message.failures is None and chunk.items:
+            state.observe(chunk.func_id, len(chunk.items), message.duration)
         if state.insights is not None and message.stats is not None:
             state.insights.update(slot.worker_id, key, message.stats)
         if slot.inflight and slot.inflight[0][0].finished:

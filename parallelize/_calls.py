@@ -30,10 +30,11 @@ def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: 
     With split_arrays (MPIRE's rule), a numpy array is cut along axis 0 and each slice is one task; otherwise an
     array is an iterable like any other: one task per row.
     """
+    func_id = engine.function_id(func)
     n_tasks, sizer, chunks = cut(iterable, n_jobs, iterable_len, chunk_size, n_splits, split_arrays,
-                                 max_tasks_active)
+                                 max_tasks_active, engine.task_seconds(func_id))
     return Job(
-        engine.new_job_id(), engine.function_id(func), call_mode, chunks, sizer, ordered=ordered,
+        engine.new_job_id(), func_id, call_mode, chunks, sizer, ordered=ordered,
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
         worker_init_timeout=worker_init_timeout, worker_exit_timeout=worker_exit_timeout,
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
@@ -42,13 +43,13 @@ def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: 
 
 
 def cut(iterable: Any, n_jobs: int, iterable_len: int | None, chunk_size: int | float | None,
-        n_splits: int | None, split_arrays: bool,
-        max_tasks_active: int | None = None) -> tuple[int | None, ChunkSizer, Iterator[list[Any]]]:
+        n_splits: int | None, split_arrays: bool, max_tasks_active: int | None = None,
+        task_seconds: float | None = None) -> tuple[int | None, ChunkSizer, Iterator[list[Any]]]:
     """The number of tasks (if known), the sizer, and the chunks of one call (see map_job)."""
     n_tasks = known_length(iterable, iterable_len)
     # With a cap on tasks in flight, automatic chunks stay small enough for every worker to have its queue full.
     max_size = None if max_tasks_active is None else max_tasks_active // (n_jobs * PREFETCH)
-    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits, max_size)
+    sizer = ChunkSizer(n_tasks, n_jobs, chunk_size, n_splits, max_size, task_seconds)
     # As MPIRE: iterable_len caps how many items are read.
     if split_arrays and is_numpy_array(iterable):
         return n_tasks, sizer, iter_numpy_chunks(iterable, sizer, iterable_len)

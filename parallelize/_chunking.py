@@ -5,7 +5,10 @@ Sizes, when the user does not set them:
   below length / (64 * n_jobs)), so there are few chunks yet the last ones are small enough to keep every worker
   busy to the end;
 - length unknown: adaptive, starting at one item and doubling while a chunk takes less than ~25 ms.
-Both stay at or below max_size when the caller bounds the tasks in flight (max_tasks_active).
+When an earlier call on the same pool measured the function's time per task, no guided chunk is cut so small that
+it takes under MIN_CHUNK_SECONDS (the parent's cost per chunk would dominate), as long as every worker still gets
+a chunk.
+All stay at or below max_size when the caller bounds the tasks in flight (max_tasks_active).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from ._errors import ConfigError
 
 ADAPTIVE_TARGET_SECONDS = 0.025
 ADAPTIVE_MAX_SIZE = 1 << 16
+# A chunk's round trip costs the parent some tens of microseconds: a chunk of trivial tasks should take at least
+# this long in its worker, so that the parent never becomes the bottleneck.
+MIN_CHUNK_SECONDS = 0.002
 
 
 def is_numpy_array(obj: object) -> bool:
@@ -43,7 +49,7 @@ class ChunkSizer:
     """Decides the size of each next chunk."""
 
     def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None,
-                 max_size: int | None = None):
+                 max_size: int | None = None, task_seconds: float | None = None):
         self._fixed: float | None = None  # may be fractional: chunk k ends at ceil(k * size), as in MPIRE
         self._chunks_cut = 0
         self._guided_floor = 1
@@ -58,7 +64,9 @@ class ChunkSizer:
                 raise ConfigError("n_splits needs the number of tasks: pass iterable_len or an iterable with len()")
             self._fixed = max(1.0, n_tasks / n_splits)
         elif n_tasks is not None:
-            self._guided_floor = max(1, math.ceil(n_tasks / (64 * self._n_jobs)))
+            # Never so large that a worker is left without a chunk: the measure may come from other inputs.
+            worth = min(_worth_sending(task_seconds), math.ceil(n_tasks / self._n_jobs))
+            self._guided_floor = max(1, math.ceil(n_tasks / (64 * self._n_jobs)), worth)
         else:
             self.adaptive = True
             self._size = 1
@@ -84,6 +92,13 @@ class ChunkSizer:
             return
         if duration < ADAPTIVE_TARGET_SECONDS / 2:
             self._size = min(self._size * 2, ADAPTIVE_MAX_SIZE if self._cap is None else self._cap)
+
+
+def _worth_sending(task_seconds: float | None) -> int:
+    """The fewest tasks a chunk should hold for its round trip to be worth it (1 when nothing is known)."""
+    if task_seconds is None or task_seconds <= 0:
+        return 1
+    return max(1, min(ADAPTIVE_MAX_SIZE, math.ceil(MIN_CHUNK_SECONDS / task_seconds)))
 
 
 def iter_chunks(iterable: Iterable[Any], sizer: ChunkSizer, limit: int | None) -> Iterator[list[Any]]:

@@ -121,6 +121,7 @@ class Dispatcher:
     def _forget_functions(self) -> None:
         """Tell the workers to drop the functions the registry dropped (no call uses them any more)."""
         for func_id in self._state.functions.take_dropped():
+            self._state.task_seconds.pop(func_id, None)
             for slot in self._workers:
                 if func_id in slot.known_funcs:
                     slot.known_funcs.discard(func_id)

@@ -124,6 +124,10 @@ class Engine:
         submit); workers learn it at start (fork) or on first use."""
         return self._state.functions.acquire(func)
 
+    def task_seconds(self, func_id: int) -> float | None:
+        """The time per task of *func_id* measured by earlier chunks on this pool, if any (it sizes chunks)."""
+        return self._state.task_seconds.get(func_id)
+
     def submit(self, job: Job, *, background: bool = False) -> None:
         """Add a job. With background=True a helper thread drives it (nobody is going to wait on it)."""
         job.finish_listeners.append(self._job_finished)

@@ -30,6 +30,7 @@ class PoolState:
         self.stopping = False  # stop() was called: workers finish what they have, run their exit hooks and end
         self.start_failures = 0  # workers in a row that died before they were ready (see _deaths)
         self.strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
+        self.task_seconds: dict[int, float] = {}  # func_id -> time per task measured in the workers (see observe)
 
     @property
     def settings(self) -> WorkerSettings:
@@ -55,6 +56,15 @@ class PoolState:
 
     def exit_began(self, slot: WorkerSlot) -> None:
         slot.exit_began(self.exit_timeout())
+
+    # --- what the workers measured ---
+
+    def observe(self, func_id: int, n_tasks: int, duration: float) -> None:
+        """A chunk of *n_tasks* of *func_id* took *duration* seconds in its worker: the next calls of the function
+        size their chunks from it (see _chunking)."""
+        per_task = duration / n_tasks
+        known = self.task_seconds.get(func_id)
+        self.task_seconds[func_id] = per_task if known is None else 0.7 * known + 0.3 * per_task
 
     # --- failures that end calls ---
 

@@ -52,6 +52,9 @@ class SerialWorker:
     def new_job_id(self) -> int:
         return next(self._ids)
 
+    def task_seconds(self, func_id: int) -> float | None:
+        return None  # chunk sizes do not matter in this thread
+
     def function_id(self, func: Callable[..., Any]) -> int:
         func_id = next(self._ids)
         self._functions[func_id] = functools.partial(func, *self.prefix) if self.prefix else func

@@ -294,3 +294,17 @@ def test_the_driver_handles_work_left_while_it_was_giving_up_its_role() -> None:
     role.release()
     assert handled == ["first", "second"]
     assert role.take_if_free()  # and the role was given up
+
+
+def test_the_time_per_task_of_a_function_is_learned_from_its_answered_chunks() -> None:
+    state, _, dispatcher = pool()
+    job = make_job(state, [1, 2, 3, 4], 2)
+    slot = serving(state, dispatcher, job)
+    assert slot.key is not None
+    _, chunk = slot.inflight[0]
+    Answers(state).on_message(slot.key, ChunkDone(chunk.tag, [1, 4], None, False, 0.002, None))
+    assert state.task_seconds[job.func_id] == pytest.approx(0.001)
+    _, failing = slot.inflight[0]
+    Answers(state).on_message(slot.key, ChunkDone(failing.tag, [9], [pack_exception(ValueError(), 1)], False,
+                                                  5.0, None))
+    assert state.task_seconds[job.func_id] == pytest.approx(0.001)  # a failed chunk's time says little

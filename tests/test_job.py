@@ -157,6 +157,22 @@ def test_automatic_chunks_stay_under_the_cap() -> None:
     assert max(len(c) for c in iter_chunks(range(10_000), sizer, None)) <= 7
 
 
+def test_a_measured_time_per_task_keeps_guided_chunks_worth_their_round_trip() -> None:
+    # 10 tasks of a microsecond: 9 chunks by the guided schedule alone, one per worker once the time is known.
+    unknown = [len(c) for c in iter_chunks(range(10), ChunkSizer(10, 2, None, None), None)]
+    assert len(unknown) > 4
+    known = [len(c) for c in iter_chunks(range(10), ChunkSizer(10, 2, None, None, task_seconds=1e-6), None)]
+    assert known == [5, 5]
+    # Tasks slow enough that any chunk is worth sending: the schedule is unchanged.
+    slow = [len(c) for c in iter_chunks(range(1000), ChunkSizer(1000, 2, None, None, task_seconds=0.1), None)]
+    assert slow == [len(c) for c in iter_chunks(range(1000), ChunkSizer(1000, 2, None, None), None)]
+    # A size the caller chose, or a cap on tasks in flight, wins over the measure.
+    fixed = ChunkSizer(100, 2, 3, None, task_seconds=1e-9)
+    assert {len(c) for c in iter_chunks(range(99), fixed, None)} == {3}
+    capped = ChunkSizer(10_000, 2, None, None, max_size=7, task_seconds=1e-9)
+    assert max(len(c) for c in iter_chunks(range(10_000), capped, None)) <= 7
+
+
 def test_a_frame_round_trips_with_out_of_band_buffers() -> None:
     np = pytest.importorskip("numpy")
     from parallelize.backends._pipes import HEADER, decode, encode
