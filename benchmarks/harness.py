@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import BLAS_VARIABLES
-from .peers import FLOOR, MPIRE, SERIAL, Peer
+from .peers import FLOOR, MP_POOL, MPIRE, SERIAL, Peer
 from .workloads import Sizes, Workload, WrongResult
 
 NOISY = 0.25
@@ -159,6 +159,7 @@ def rows_of(workload: Workload, raw: Raw, peer_order: list[str]) -> list[dict[st
     serial = raw.values.get(SERIAL) or None
     serial_median = statistics.median(serial) if serial else None
     mpire, floor = raw.values.get(MPIRE) or None, raw.values.get(FLOOR) or None
+    pool = raw.values.get(MP_POOL) or None
     ideals = [workload.ideal(s) for s in serial] if serial else None
     rows: list[dict[str, Any]] = []
     for name in peer_order:
@@ -177,7 +178,8 @@ def rows_of(workload: Workload, raw: Raw, peer_order: list[str]) -> list[dict[st
                 ideal_ratio = per_round(values, [i for i in ideals if i is not None])
             row.update(values=values, median=median, min=min(values), max=max(values), spread=spread,
                        noisy=spread > NOISY, metric=workload.metric(median, serial_median),
-                       vs_mpire=per_round(values, mpire), vs_floor=per_round(values, floor), vs_ideal=ideal_ratio)
+                       vs_mpire=per_round(values, mpire), vs_floor=per_round(values, floor), vs_ideal=ideal_ratio,
+                       vs_pool=per_round(values, pool))
         if "values" in row or "error" in row or "skipped" in row:
             rows.append(row)
     return rows
@@ -248,6 +250,21 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def summary_against_pool(sections: list[tuple[Workload, list[dict[str, Any]]]]) -> list[str]:
+    """One line per workload: parallelize's per-round time ratio to multiprocessing.Pool (< 1: faster)."""
+    ours = ("parallelize @parallel", "parallelize WorkerPool")
+    lines = ["", "### Summary: parallelize against multiprocessing.Pool (xmp.Pool, < 1 is better)", "",
+             "| Workload | " + " | ".join(ours) + " |", "|---|" + "---:|" * len(ours)]
+    any_row = False
+    for workload, rows in sections:
+        by_peer = {row["peer"]: row for row in rows}
+        ratios = [by_peer.get(name, {}).get("vs_pool") for name in ours]
+        if any(r is not None for r in ratios):
+            any_row = True
+            lines.append(f"| {workload.id} | " + " | ".join(_ratio(r) for r in ratios) + " |")
+    return lines if any_row else []
+
+
 def markdown(meta: dict[str, Any], sections: list[tuple[Workload, list[dict[str, Any]]]], notes: list[str]) -> str:
     lines = ["# parallelize benchmarks", ""]
     lines.append(f"- Date: {meta['date']}; sizes: {meta['sizes']} (warm-up rounds {meta['rounds']['warmup']}, "
@@ -262,20 +279,23 @@ def markdown(meta: dict[str, Any], sections: list[tuple[Workload, list[dict[str,
                  "see its rows)")
     lines.append("- Ratios are per-round ratios of time (W7: of memory), reduced by the median: < 1 means less than "
                  "the reference. xideal: vs serial/n_jobs (W3b: init + work/n_jobs). noisy: (max-min)/median > 0.25.")
+    lines += summary_against_pool(sections)
     for workload, rows in sections:
         lines += ["", f"### {workload.id}: {workload.title}", ""]
-        lines.append(f"| Peer | median | min..max | {workload.unit} | xmpire | xfloor | xideal | noisy | note |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|:-:|---|")
+        lines.append(f"| Peer | median | min..max | {workload.unit} | xmp.Pool | xmpire | xfloor | xideal | noisy "
+                     "| note |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|:-:|---|")
         for row in rows:
             if "error" in row:
-                lines.append(f"| {row['peer']} | **FAILED** | | | | | | | {row['error'][:200]} |")
+                lines.append(f"| {row['peer']} | **FAILED** | | | | | | | | {row['error'][:200]} |")
             elif "skipped" in row:
-                lines.append(f"| {row['peer']} | skipped | | | | | | | {row['skipped']} |")
+                lines.append(f"| {row['peer']} | skipped | | | | | | | | {row['skipped']} |")
             else:
                 unit = row["unit"]
                 lines.append(
                     f"| {row['peer']} | {format_value(row['median'], unit)} | {format_value(row['min'], unit)}.."
-                    f"{format_value(row['max'], unit)} | {row['metric']} | {_ratio(row['vs_mpire'])} | "
+                    f"{format_value(row['max'], unit)} | {row['metric']} | {_ratio(row['vs_pool'])} | "
+                    f"{_ratio(row['vs_mpire'])} | "
                     f"{_ratio(row['vs_floor'])} | {_ratio(row['vs_ideal'])} | {'noisy' if row['noisy'] else ''} | "
                     f"{row['note']} |")
     if notes:

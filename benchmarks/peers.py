@@ -329,6 +329,7 @@ class Floor(Peer):
 
 
 MPIRE = "mpire"
+MP_POOL = MpPool.name
 FLOOR = Floor.name
 SERIAL = Serial.name
 
