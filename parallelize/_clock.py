@@ -22,6 +22,10 @@ TIMEOUT_NS = 4  # written by the parent: START_NS of the task or hook to interru
 SIZE = 5
 
 SENDING = -1  # INDEX while the chunk's results are being sent: every task ran, the results are not back yet
+# INDEX while a chunk runs untracked: its tasks called by map() at C speed, with no write per task. A worker that
+# dies then cannot name the task; the parent runs the chunk again tracked (RunChunk.separate_results), so a
+# second death names it.
+UNTRACKED = -2
 
 
 class Clock(Protocol):

@@ -48,12 +48,13 @@ class Deaths:
         if orphans and unexpected:
             job, chunk = orphans.pop(0)
             position = clock[_clock.INDEX] if clock[_clock.TAG] == chunk.tag else None
-            if position == _clock.SENDING and not chunk.separate_results:
-                # Every task ran; the worker died sending the results (out of memory pickling a large one,
-                # say). Run it once more with each result sent on its own, so a second death names the task.
+            if position in (_clock.SENDING, _clock.UNTRACKED) and not chunk.separate_results:
+                # The worker died sending the results (every task ran; out of memory pickling a large one, say),
+                # or running a chunk untracked. Run it once more tracked, each result sent on its own, so a
+                # second death names the task.
                 job.resend(chunk)
             else:
-                if position == _clock.SENDING:  # died again sending results that each pickled fine
+                if position in (_clock.SENDING, _clock.UNTRACKED):  # (cannot happen twice: resent tracked)
                     position = 0
                 job.lost(chunk, position, _death_error(slot, chunk, position, exitcode))
         for job, chunk in orphans:

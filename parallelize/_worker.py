@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -107,6 +108,7 @@ class _Insights:
 
 
 _WHOLE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None)))
+_UNPACKED_IN_MPIRE_MODE = frozenset((tuple, list))
 
 
 def call_item(func: Callable[..., Any], item: Any, call_mode: int) -> Any:
@@ -317,6 +319,16 @@ def _run_chunk(
     try:
         _Running.in_tasks = True
         if not (chunk.task_timeout is not None or chunk.keep_going or insights is not None):
+            mapped = None if chunk.separate_results else _mapped(func, chunk)
+            if mapped is not None:
+                clock[_clock.INDEX] = _clock.UNTRACKED
+                try:
+                    values.extend(mapped)  # on an exception, values holds the results before the failed task
+                except ChunkCancelled:
+                    return values, None, True
+                except BaseException as exc:
+                    return values, [pack_exception(exc, len(values))], False
+                return values, None, False
             append = values.append
             index = 0
             try:
@@ -356,6 +368,26 @@ def _run_chunk(
         _Running.in_tasks = False  # first: the interrupt signal must not fire in the bookkeeping below
         _Running.chunk = None
         clock[_clock.INDEX] = _clock.SENDING  # TAG stays until the results are sent: see run_worker
+
+
+def _mapped(func: Callable[..., Any], chunk: RunChunk) -> Iterator[Any] | None:
+    """The chunk's results computed by map() or starmap(), with no Python code of ours per task, when every item
+    is called the same way: all passed whole (scalars; or, in the decorator's mode, anything but tuples and
+    dicts), or all unpacked (exactly tuples; or lists in MPIRE's mode). None otherwise: the tracked loop then."""
+    if chunk.call_mode == CALL_APPLY:
+        return None
+    kinds = set(map(type, chunk.items))
+    if chunk.call_mode == CALL_MPIRE:
+        if kinds <= _WHOLE_TYPES:
+            return map(func, chunk.items)
+        if kinds <= _UNPACKED_IN_MPIRE_MODE:
+            return itertools.starmap(func, chunk.items)
+        return None
+    if kinds == {tuple}:
+        return itertools.starmap(func, chunk.items)
+    if kinds <= _WHOLE_TYPES or not any(issubclass(kind, (tuple, dict)) for kind in kinds):
+        return map(func, chunk.items)
+    return None
 
 
 def _run_chunk_careful(
