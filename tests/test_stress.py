@@ -129,10 +129,11 @@ def test_threads_failures_deaths_forks_and_ctrl_c_never_lose_results(tmp_path: P
     try:
         done = subprocess.run([sys.executable, str(script), "20"], capture_output=True, text=True, timeout=150)
     except subprocess.TimeoutExpired:
-        # A known, unresolved bug: now and then (about one run in six on a busy 2-core machine, before and after
-        # the engine was split) a forkserver worker never reports ready. py-spy shows it spinning, holding the
-        # GIL, while it unpickles its first messages (importing cloudpickle, once), and with no worker_init_timeout
-        # nothing times its start out, so a call waits for it for ever. Every other outcome stays a failure.
+        # A known, unresolved hang: now and then (about one run in six on a busy 2-core machine, before and after
+        # the engine was split) a forkserver worker never reports ready. Its native stack sits in a stat() system
+        # call of an import (importlib's path search; fstatat64) with four context switches in a minute: a stalled
+        # file system under it, it seems, not a loop of ours. But with no worker_init_timeout nothing times a
+        # worker's start out, so a call waits for it for ever. Every other outcome stays a failure.
         pytest.xfail("known bug: a forkserver worker sometimes never finishes starting under this load")
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
