@@ -65,7 +65,6 @@ class Engine:
         self._calls = 0  # calls driving jobs on this engine right now (see _calls.run)
         self._cancel_requests: list[Job] = []  # Engine.cancel() from any thread; handled in the driver's role
         self._hook_ids: tuple[int | None, int | None] = (None, None)  # registered by update_hooks
-        self._next_deadline: float | None = None  # computed before each wait; nothing is due before it
         self.closed = False
         self._pid = os.getpid()
 
@@ -286,8 +285,8 @@ class Engine:
                 state.incoming.clear()
         self._dispatcher.interrupt_cancelled()
         self._dispatcher.dispatch()
-        self._next_deadline = self._deadlines.nearest()
-        wait = None if self._next_deadline is None else max(0.0, self._next_deadline - time.monotonic())
+        next_deadline = self._deadlines.nearest()  # nothing is due before it
+        wait = None if next_deadline is None else max(0.0, next_deadline - time.monotonic())
         if any(job.finished for job in state.jobs):
             wait = 0.0  # one ended while dispatching (its input ran out): its caller must not wait for an event
         if timeout is not None:
@@ -300,7 +299,7 @@ class Engine:
                 self._deaths.on_exit(event.key, event.exitcode, event.clock)
         # Whatever the events changed can only move deadlines later (a new task's deadline is a full timeout
         # away), so nothing is due before the nearest one computed above.
-        if self._next_deadline is not None and time.monotonic() >= self._next_deadline:
+        if next_deadline is not None and time.monotonic() >= next_deadline:
             self._deadlines.enforce()
         self._dispatcher.interrupt_cancelled()
         if state.jobs:

@@ -19,7 +19,6 @@ from .backends import Backend
 class PoolState:
     def __init__(self, settings: WorkerSettings, backend: Backend) -> None:
         self.workers = Workers(settings, backend)
-        self.backend = backend
         self.functions = FunctionRegistry()
         self.jobs: list[Job] = []  # being served
         self.incoming: list[Job] = []  # submitted since the last step (under the engine's lock)
@@ -46,13 +45,15 @@ class PoolState:
     def init_timeout(self) -> float | None:
         """The worker_init timeout that applies now: the strictest among the running calls (a worker serves them
         all)."""
-        return min((t for job in self.jobs if not job.finished and (t := job.worker_init_timeout) is not None),
-                   default=None)
+        return self._strictest("worker_init_timeout", None)
 
     def exit_timeout(self) -> float | None:
         """As init_timeout, or with no call running, the strictest of every call so far."""
-        return min((t for job in self.jobs if not job.finished and (t := job.worker_exit_timeout) is not None),
-                   default=self.strictest_exit_timeout)
+        return self._strictest("worker_exit_timeout", self.strictest_exit_timeout)
+
+    def _strictest(self, field: str, default: float | None) -> float | None:
+        return min((t for job in self.jobs if not job.finished and (t := getattr(job, field)) is not None),
+                   default=default)
 
     def exit_began(self, slot: WorkerSlot) -> None:
         slot.exit_began(self.exit_timeout())
