@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import dataclasses
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,11 @@ OPTIONS: dict[str, _Option] = {
 
 MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
 DISABLE_VARIABLE = "PARALLELIZE_DISABLE"
+START_TIMEOUT_VARIABLE = "PARALLELIZE_WORKER_START_TIMEOUT"
+# Seconds a new worker may take to reach its worker_init (or its first ready report, without one): generous for a
+# spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (a process
+# stuck in a stalled file system, say) is killed and replaced instead of holding every call for ever.
+DEFAULT_START_TIMEOUT = 120.0
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 
 
@@ -252,7 +258,7 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
 
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE])
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE])
 
 
 def max_cpu() -> int | None:
@@ -261,6 +267,17 @@ def max_cpu() -> int | None:
     if cap is not None and cap < 1:
         raise ConfigError(f"{MAX_CPU_VARIABLE}={cap!r} must be a positive integer")
     return cap  # type: ignore[no-any-return]
+
+
+def worker_start_timeout() -> float | None:
+    """PARALLELIZE_WORKER_START_TIMEOUT: seconds a worker may take to start (None: no limit)."""
+    found, value = _env.read(START_TIMEOUT_VARIABLE, _env.parse_float)
+    if not found:
+        return DEFAULT_START_TIMEOUT
+    if value is not None and not 0 < value < float("inf"):
+        text = os.environ[START_TIMEOUT_VARIABLE]
+        raise ConfigError(f"{START_TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds, or none")
+    return value  # type: ignore[no-any-return]
 
 
 def disabled() -> bool:

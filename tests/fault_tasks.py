@@ -195,6 +195,25 @@ def _refuse_to_rebuild() -> FailsToUnpickle:
     raise RuntimeError("this shared object cannot be rebuilt in a worker")
 
 
+class HangsUnpickling:
+    """A shared object whose rebuilding in a spawned worker hangs (as a start stuck in a stalled file system
+    would) for the first *hangs* workers, counted by files in *directory*; later workers start normally."""
+
+    def __init__(self, directory: str, hangs: int) -> None:
+        self.directory, self.hangs = directory, hangs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_or_hang, (self.directory, self.hangs))
+
+
+def _rebuild_or_hang(directory: str, hangs: int) -> HangsUnpickling:
+    started = len(os.listdir(directory))
+    _write(Path(directory) / f"{started}.pid", str(os.getpid()))
+    if started < hangs:
+        time.sleep(3600)
+    return HangsUnpickling(directory, hangs)
+
+
 @parallel(n_jobs=2, chunk_size=1, shared_objects=SlowToUnpickle())
 def slow_start(shared: SlowToUnpickle, x: Any) -> Any:
     if x == "raise":
@@ -204,6 +223,11 @@ def slow_start(shared: SlowToUnpickle, x: Any) -> Any:
 
 
 def square(x: int) -> int:
+    return x * x
+
+
+def square_beside(_shared: Any, x: int) -> int:
+    """square() for a pool with shared objects (they come first)."""
     return x * x
 
 
