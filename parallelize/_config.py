@@ -152,8 +152,8 @@ MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
 DISABLE_VARIABLE = "PARALLELIZE_DISABLE"
 START_TIMEOUT_VARIABLE = "PARALLELIZE_WORKER_START_TIMEOUT"
 # Seconds a new worker may take to reach its worker_init (or its first ready report, without one): generous for a
-# spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (a process
-# stuck in a stalled file system, say) is killed and replaced instead of holding every call for ever.
+# spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (an import
+# from a stalled network file system, say) is killed and replaced instead of holding every call for ever.
 DEFAULT_START_TIMEOUT = 120.0
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 

@@ -150,7 +150,7 @@ class Deadlines:
 
     def _start_overdue(self, slot: WorkerSlot) -> None:
         """A new worker has not reached its worker_init (or said it is ready) in the time a start may take: it
-        hangs (a process stuck in a stalled file system, say). Kill it; the chunks queued for it go to the next."""
+        hangs (an import from a stalled network file system, say). Kill it; the chunks queued for it go to the next."""
         slot.start_by = None
         self._workers.kill(slot)
         limit = self._workers.start_timeout

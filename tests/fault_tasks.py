@@ -196,7 +196,7 @@ def _refuse_to_rebuild() -> FailsToUnpickle:
 
 
 class HangsUnpickling:
-    """A shared object whose rebuilding in a spawned worker hangs (as a start stuck in a stalled file system
+    """A shared object whose rebuilding in a spawned worker hangs (as a start stuck on a stalled network file system
     would) for the first *hangs* workers, counted by files in *directory*; later workers start normally."""
 
     def __init__(self, directory: str, hangs: int) -> None:

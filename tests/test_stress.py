@@ -127,9 +127,9 @@ SCRIPT = textwrap.dedent("""
 def test_threads_failures_deaths_forks_and_ctrl_c_never_lose_results(tmp_path: Path) -> None:
     script = tmp_path / "stress.py"
     script.write_text(SCRIPT.format(repo=str(REPO)))
-    # Now and then (about one run in six on a busy 2-core machine) a forkserver worker's start stalls for minutes:
-    # its native stack sits in a stat() system call of an import, barely scheduled. The start limit (shortened
-    # here) kills such a worker and starts another; without it a call waited for that worker for ever.
+    # Each worker start under forkserver used to ignore SIGINT for a moment, and a Ctrl-C landing then was lost:
+    # the main loop below, which ends only on Ctrl-C, then ran until the timeout (about one run in six). A short
+    # worker start limit also keeps a start that hangs from holding the calls for long.
     env = {**os.environ, "PARALLELIZE_WORKER_START_TIMEOUT": "15"}
     done = subprocess.run([sys.executable, str(script), "20"], capture_output=True, text=True, timeout=150, env=env)
     lines = done.stdout.splitlines()
