@@ -54,6 +54,7 @@ class RichBar:
         self._name = options.get("desc") or name
         self._show_failed = show_failed
         self._disabled = options.get("disable") is True
+        self._leave = options.get("leave") is not False
         if self._disabled:
             return
         file = options.get("file") or sys.stderr
@@ -82,12 +83,22 @@ class RichBar:
             board = self._board
             board.progress.update(self._row, completed=done, total=total, note=self._note(failed),
                                   description=description)
-            board.progress.stop_task(self._row)
-            board.refresh(force=True)
+            progress = board.progress
+            progress.stop_task(self._row)
             board.rows -= 1
             if board.rows == 0:
-                board.progress.stop()
+                if not self._leave:
+                    progress.remove_task(self._row)
+                progress.stop()  # draws the final state of the rows left
                 del _boards[id(board.file)]
+                return
+            # Others go on: this row leaves the live display (printed above it, unless leave=False), so a loop of
+            # many calls inside another call's loop does not pile up finished rows.
+            final = progress.make_tasks_table([task for task in progress.tasks if task.id == self._row])
+            progress.remove_task(self._row)
+            if self._leave:
+                progress.console.print(final)
+            board.refresh(force=True)
 
     def _note(self, failed: int) -> str:
         return f"{failed} failed" if self._show_failed else ""

@@ -275,6 +275,18 @@ def test_rich_bar_shows_the_final_count(closing: Callable[[Any], Any]) -> None:
     assert "\r" not in out.getvalue()  # not a terminal: rich prints the final state only
 
 
+def test_rich_bars_of_a_nested_loop_share_one_display_and_leave_a_line_each() -> None:
+    pytest.importorskip("rich", reason="the rich style needs rich (pip install 'parallelize[rich]')")
+    out = io.StringIO()
+    options: dict[str, Any] = {"file": out}
+    for x in pt.plain.imap(range(3), chunk_size=1, progress_bar=True, progress_bar_style="rich",
+                           progress_bar_options={**options, "desc": "outer"}):
+        pt.plain(range(x + 2), progress_bar=True, progress_bar_style="rich",
+                 progress_bar_options={**options, "desc": "inner", "leave": x != 1})
+    rows = [line.split()[0] + " " + line.split()[2] for line in out.getvalue().splitlines()]
+    assert rows == ["inner 2/2", "inner 4/4", "outer 3/3"]  # the inner bar with leave=False left nothing
+
+
 def test_rich_bar_with_fork_workers_warns_of_no_thread(tmp_path: Path) -> None:
     pytest.importorskip("rich", reason="the rich style needs rich (pip install 'parallelize[rich]')")
     code = textwrap.dedent(f"""
