@@ -568,7 +568,7 @@ def parallel(
     task_timeout: float | None = ...,
     worker_init_timeout: float | None = ...,
     worker_exit_timeout: float | None = ...,
-    progress_bar: bool = ...,
+    progress_bar: bool | str = ...,
     progress_bar_options: dict[str, Any] | None = ...,
     progress_bar_style: str | None = ...,
     on_error: str = ...,
