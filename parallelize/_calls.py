@@ -79,9 +79,9 @@ class Call:
         self.failed = True  # until the call reaches its end normally
 
     def begin(self, *, background: bool) -> None:
+        self.engine.call_started()  # first: end() counts the call as ended, whatever fails below
         if self.progress is not None:
-            self.job.progress_listeners.append(self.progress.update)
-        self.engine.call_started()
+            self.progress.attach(self.job)  # before the job is submitted: its chunks then count their tasks
         self.engine.submit(self.job, background=background)
 
     def wait(self) -> None:
@@ -123,7 +123,7 @@ class Call:
             # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
             self.engine.cancel(self.job, settle=interrupted)
         if self.progress is not None:
-            self.progress.close(failed=self.failed)
+            self.progress.close("done" if not self.failed else "failed" if self.job.error is not None else "stopped")
         self.engine.call_ended()
         self.on_end(self.failed)
 

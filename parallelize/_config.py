@@ -20,7 +20,7 @@ from typing import Any
 from . import _env
 from . import _validation as check
 from ._errors import ConfigError
-from ._progress import STYLES
+from ._progress import INTERVAL_VARIABLE, check_enabled, check_options, check_style
 
 BACKENDS = ("process", "thread", "serial")
 ON_ERROR = ("raise", "return", "skip")
@@ -63,12 +63,6 @@ def _start_method(name: str, value: Any) -> Any:
 def _callable_or_none(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ConfigError(f"{name} must be callable or None, got {value!r}")
-    return value
-
-
-def _dict_or_none(name: str, value: Any) -> Any:
-    if value is not None and not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a dict or None, got {value!r}")
     return value
 
 
@@ -129,9 +123,9 @@ OPTIONS: dict[str, _Option] = {
     "task_timeout": _Option(None, _timeout, _env.parse_float),
     "worker_init_timeout": _Option(None, _timeout, _env.parse_float),
     "worker_exit_timeout": _Option(None, _timeout, _env.parse_float),
-    "progress_bar": _Option(False, _flag, _env.parse_bool),
-    "progress_bar_options": _Option(None, _dict_or_none),
-    "progress_bar_style": _Option(None, _choice(STYLES), _env.parse_str),
+    "progress_bar": _Option(False, check_enabled, _env.parse_bool_or_auto),
+    "progress_bar_options": _Option(None, check_options),
+    "progress_bar_style": _Option(None, check_style, _env.parse_str),
     "on_error": _Option("raise", _choice(ON_ERROR), _env.parse_str),
     "retries": _Option(0, _non_negative_int, _env.parse_int),
     "retry_backoff": _Option(0.0, check.backoff, _env.parse_float),
@@ -172,7 +166,7 @@ class Options:
     task_timeout: float | None
     worker_init_timeout: float | None
     worker_exit_timeout: float | None
-    progress_bar: bool
+    progress_bar: bool | str  # True, False or "auto"
     progress_bar_options: dict[str, Any] | None
     progress_bar_style: str | None
     on_error: str
@@ -256,9 +250,23 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
     return Options(**values), sources
 
 
+def configured(name: str) -> Any:
+    """Option *name* as config() or its PARALLELIZE_* variable sets it, else its default: what a WorkerPool
+    takes for an argument left at None (progress_bar_style, as MPIRE's PROGRESS_BAR_DEFAULT_STYLE)."""
+    scoped = _scoped.get()
+    if name in scoped:
+        return scoped[name]
+    option = OPTIONS[name]
+    variable = f"{_env.PREFIX}{name.upper()}"
+    if option.env is not None and (found := _env.read(variable, option.env))[0]:
+        return _validate_env(variable, name, option, found[1])
+    return option.default
+
+
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE])
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE,
+                       INTERVAL_VARIABLE])
 
 
 def max_cpu() -> int | None:

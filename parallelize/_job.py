@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ._chunking import ChunkSizer
 from ._messages import CALL_APPLY, RunChunk
@@ -25,6 +25,12 @@ from ._serialize import LocalFailure, TaskFailure, note_task, unpack_exception
 
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
+
+
+class ProgressWatch(Protocol):
+    """A progress bar watching a job (see _progress): told the tasks done so far in its running chunks."""
+
+    def advance(self, job: Job, running: int) -> None: ...
 
 
 class _Partial:
@@ -91,6 +97,7 @@ class Job:
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
+        self.n_failed = 0  # items that failed for good under on_error "return" or "skip"
         # Items read from the input, minus those whose results the caller took or that were skipped, bound the
         # read-ahead (max_active). One writer each (the driver reads and skips, the caller takes), so no update
         # can be lost between the two threads.
@@ -100,6 +107,8 @@ class Job:
         self.error: BaseException | None = None
         self.cancelled = False
         self.progress_listeners: list[Callable[[int], None]] = []
+        # A progress bar: set before the job is submitted, its chunks then publish each task on the worker's clock.
+        self.progress: ProgressWatch | None = None
         self.finish_listeners: list[Callable[[Job], None]] = []
         self.done_event = threading.Event()
         self._ending = False  # set as soon as the job ends, before its listeners run
@@ -139,7 +148,7 @@ class Job:
                 self.fail(exc)
                 return None
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout, self.keep_going, False, 0)
+                             self.task_timeout, self.keep_going, False, 0, self.progress is not None)
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
@@ -230,6 +239,11 @@ class Job:
     def finished(self) -> bool:
         return self._ending
 
+    @property
+    def tasks_read(self) -> int:
+        """Items read from the input so far (all of them once it is exhausted)."""
+        return self._next_start
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 
@@ -265,12 +279,11 @@ class Job:
             delay = self.retry_backoff * 2.0 ** min(attempts, 1023)  # 2.0**1024 overflows; inf is a fine delay
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_seq), retry))
             return
-        if self.on_error == "return":
-            self._fill(chunk, position, error)
-        elif self.on_error == "skip":
-            self._fill(chunk, position, _SKIPPED)
-        else:
+        if self.on_error == "raise":
             self.fail(error)
+            return
+        self.n_failed += 1
+        self._fill(chunk, position, error if self.on_error == "return" else _SKIPPED)
 
     def _partial(self, chunk: RunChunk) -> _Partial:
         partial = self._partials.get(chunk.chunk_id)

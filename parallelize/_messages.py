@@ -50,6 +50,7 @@ class RunChunk(NamedTuple):
     keep_going: bool  # after a failing item, go on with the rest of the chunk (on_error return/skip, retries)
     separate_results: bool  # pickle each result on its own (ChunkDone.values are then bytes): see Job.resend
     tag: int  # unique per dispatch: tells the parent which chunk the worker's clock is about
+    count_tasks: bool = False  # a progress bar watches: run tracked, so the clock's INDEX counts the tasks done
 
 
 class Undecodable(NamedTuple):

@@ -22,7 +22,7 @@ from ._worker import call_item, leading_arguments
 
 if TYPE_CHECKING:
     from ._insights import InsightsCollector
-    from ._job import Job
+    from ._job import Job, ProgressWatch
     from ._messages import RunChunk
     from ._settings import WorkerSettings
 
@@ -156,10 +156,28 @@ class SerialWorker:
                 return job.finished  # (it may have just ended: its input ran out)
             time.sleep(max(0.0, retry_at - time.monotonic()))  # the backoff the user asked for
             return True
+        func = self._functions[job.func_id]
+        if job.progress is not None:
+            func = _reporting(func, job, job.progress)
         t0 = time.perf_counter()
-        values, failures = _run_chunk(self._functions[job.func_id], chunk)
+        values, failures = _run_chunk(func, chunk)
         job.complete(chunk, values, failures, time.perf_counter() - t0)
         return True
+
+
+def _reporting(func: Callable[..., Any], job: Job, progress: ProgressWatch) -> Callable[..., Any]:
+    """*func*, telling *job*'s progress bar after each call: a bar over a chunk run here moves per task."""
+    done = 0
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        try:
+            return func(*args, **kwargs)
+        finally:
+            done += 1
+            progress.advance(job, done)
+
+    return call
 
 
 def _run_chunk(func: Callable[..., Any], chunk: RunChunk) -> tuple[list[Any], list[LocalFailure] | None]:

@@ -319,7 +319,7 @@ def _run_chunk(
     try:
         _Running.in_tasks = True
         if not (chunk.task_timeout is not None or chunk.keep_going or insights is not None):
-            mapped = None if chunk.separate_results else _mapped(func, chunk)
+            mapped = None if chunk.separate_results or chunk.count_tasks else _mapped(func, chunk)
             if mapped is not None:
                 clock[_clock.INDEX] = _clock.UNTRACKED
                 try:
