@@ -19,7 +19,7 @@ from typing import Any
 from . import _env
 from . import _validation as check
 from ._errors import ConfigError
-from ._progress import INTERVAL_VARIABLE, check_enabled, check_options, check_style
+from ._progress import DASHBOARD_VARIABLE, INTERVAL_VARIABLE, check_enabled, check_options, check_style
 
 BACKENDS = ("process", "thread", "serial")
 ON_ERROR = ("raise", "return", "skip")
@@ -143,6 +143,7 @@ OPTIONS: dict[str, _Option] = {
 
 MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
 DISABLE_VARIABLE = "PARALLELIZE_DISABLE"
+DASHBOARD_KEY_VARIABLE = "PARALLELIZE_DASHBOARD_KEY"  # the key connect_to_dashboard() sends, when none is given
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 
 
@@ -259,7 +260,8 @@ def configured(name: str) -> Any:
 
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, INTERVAL_VARIABLE])
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, INTERVAL_VARIABLE, DASHBOARD_VARIABLE,
+                       DASHBOARD_KEY_VARIABLE])
 
 
 def max_cpu() -> int | None:
