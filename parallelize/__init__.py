@@ -34,7 +34,7 @@ _WHERE = {
     "show_config": "._config",
 }
 
-_SUBMODULES = ("utils",)  # public modules, also imported on first use
+_SUBMODULES = ("dashboard", "utils")  # public modules, also imported on first use
 
 __all__ = ["__version__", *sorted([*_WHERE, *_SUBMODULES])]
 
@@ -55,6 +55,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from . import dashboard as dashboard
     from . import utils as utils
     from ._config import config as config
     from ._config import show_config as show_config

@@ -81,7 +81,7 @@ class Call:
     def begin(self, *, background: bool) -> None:
         self.engine.call_started()  # first: end() counts the call as ended, whatever fails below
         if self.progress is not None:
-            self.progress.attach(self.job)  # before the job is submitted: its chunks then count their tasks
+            self.progress.attach(self.job, self.engine)  # before the job is submitted: its chunks then count tasks
         self.engine.submit(self.job, background=background)
 
     def wait(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from . import _env
 from . import _validation as check
 from ._errors import ConfigError
-from ._progress import INTERVAL_VARIABLE, check_enabled, check_options, check_style
+from ._progress import DASHBOARD_VARIABLE, INTERVAL_VARIABLE, check_enabled, check_options, check_style
 
 BACKENDS = ("process", "thread", "serial")
 ON_ERROR = ("raise", "return", "skip")
@@ -149,6 +149,7 @@ START_TIMEOUT_VARIABLE = "PARALLELIZE_WORKER_START_TIMEOUT"
 # spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (an import
 # from a stalled network file system, say) is killed and replaced instead of holding every call for ever.
 DEFAULT_START_TIMEOUT = 120.0
+DASHBOARD_KEY_VARIABLE = "PARALLELIZE_DASHBOARD_KEY"  # the key connect_to_dashboard() sends, when none is given
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 
 
@@ -265,8 +266,8 @@ def configured(name: str) -> Any:
 
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE,
-                       INTERVAL_VARIABLE])
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE, INTERVAL_VARIABLE,
+                       DASHBOARD_VARIABLE, DASHBOARD_KEY_VARIABLE])
 
 
 def max_cpu() -> int | None:

@@ -5,27 +5,35 @@ each finished chunk (Job), and a few times a second the tasks done so far inside
 the engine reads from the workers' clocks (_progress_feed). The bar keeps the highest count it has shown, capped
 at the total, so a chunk sent again after a worker died is never counted twice and the bar never goes back.
 
-Styles: "std" (tqdm text bar), "notebook" (tqdm's Jupyter widget), "rich", "log" (plain lines, _progress_log) and
-"auto", the default: a tqdm bar on a terminal, the widget inside a Jupyter kernel, log lines anywhere else (a CI log,
-a file). The renderers live in modules of their own, imported only when a bar is drawn.
+Styles: "std" (tqdm text bar), "notebook" (tqdm's Jupyter widget), "rich", "log" (plain lines, _progress_log),
+"dashboard" (the browser dashboard only, nothing in the terminal) and "auto", the default: a tqdm bar on a terminal,
+the widget inside a Jupyter kernel, log lines anywhere else (a CI log, a file). The renderers live in modules of
+their own, imported only when a bar is drawn.
+
+While a dashboard is on in this process (parallelize.dashboard, started here or connected to), every call also
+feeds it, whatever its bar: the dashboard is one more renderer of the same counts.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _env
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
     from ._job import Job
+    from ._runner import Runner
 
-STYLES = (None, "auto", "std", "notebook", "rich", "log")
+STYLES = (None, "auto", "std", "notebook", "rich", "log", "dashboard")
 INTERVAL_VARIABLE = "PARALLELIZE_PROGRESS_INTERVAL"  # seconds between two lines of the log style
+DASHBOARD_VARIABLE = "PARALLELIZE_DASHBOARD"  # 1: start a dashboard on the first call that has none
 _EXTRAS = {"rich": ("rich", "rich"), "notebook": ("ipywidgets", "notebook")}  # style -> (module, extra)
 
 
@@ -41,10 +49,7 @@ def check_enabled(name: str, value: Any) -> bool | str:
 
 def check_style(name: str, value: Any) -> str | None:
     if not isinstance(value, str | None) or value not in STYLES:
-        raise ConfigError(
-            f"{name} must be one of {', '.join(map(repr, STYLES))}, got {value!r}"
-            + (" (the dashboard is not available yet)" if value == "dashboard" else "")
-        )
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, STYLES))}, got {value!r}")
     return value
 
 
@@ -172,18 +177,26 @@ def make_bar(enabled: bool | str, style: str | None, options: dict[str, Any] | N
              name: str) -> ProgressBar | None:
     """The bar of one call named *name* (the function), not drawn yet; None when no bar is to be shown.
 
-    *enabled* "auto" shows one only where someone watches it as it moves: a terminal or a Jupyter notebook.
+    *enabled* "auto" shows one only where someone watches it as it moves: a terminal or a Jupyter notebook. A
+    dashboard on in this process watches every call: then the bar feeds it too, or is made for it alone.
     """
+    dashboard = _dashboard_for(bool(enabled) and style == "dashboard")
     if not enabled:
-        return None
+        return _dashboard_only(name, dashboard)
     _ready(style)
+    if style == "dashboard":
+        return _dashboard_only(name, dashboard)
     options = options or {}
     watched = _watched_style(options)
     if enabled == "auto" and watched is None:
-        return None
+        return _dashboard_only(name, dashboard)
     if style is None or style == "auto":
         style = watched or "log"
-    return ProgressBar(style, name, options)
+    return ProgressBar(style, name, options, dashboard)
+
+
+def _dashboard_only(name: str, dashboard: DashboardFeed | None) -> ProgressBar | None:
+    return None if dashboard is None else ProgressBar("dashboard", name, {}, dashboard)
 
 
 def _watched_style(options: dict[str, Any]) -> str | None:
@@ -213,6 +226,42 @@ def _in_jupyter_kernel() -> bool:
     return shell is not None and any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
 
 
+# --- the dashboard ------------------------------------------------------------------------------------------------
+
+
+class DashboardFeed(Protocol):
+    """A dashboard this process shows its calls on (parallelize.dashboard): one renderer per call."""
+
+    def open(self, name: str, job: Job, runner: Runner | None) -> Renderer: ...
+
+
+# Set by parallelize.dashboard while a dashboard is started in this process or connected to, with the pid that set
+# it: a child made by os.fork() inherits the setting but neither the server thread nor the connection.
+_dashboard: tuple[int, DashboardFeed] | None = None
+
+
+def set_dashboard(feed: DashboardFeed | None) -> None:
+    global _dashboard
+    _dashboard = None if feed is None else (os.getpid(), feed)
+
+
+def _dashboard_for(wanted: bool) -> DashboardFeed | None:
+    """The dashboard a call feeds: the one on in this process, or one started now when the call asks for the
+    dashboard style (*wanted*) or PARALLELIZE_DASHBOARD=1 asks for one; None in a worker, which never talks to it."""
+    _, started_by_variable = _env.read(DASHBOARD_VARIABLE, _env.parse_bool)  # a bad value fails every call
+    from ._worker import in_worker
+
+    if in_worker():
+        return None
+    if _dashboard is not None and _dashboard[0] == os.getpid():
+        return _dashboard[1]
+    if not (wanted or started_by_variable):
+        return None
+    from .dashboard import _control
+
+    return _control.start_for_calls()
+
+
 # --- the bar of one call ------------------------------------------------------------------------------------------
 
 
@@ -225,23 +274,29 @@ class Renderer(Protocol):
 
 
 class ProgressBar:
-    """One call's bar: attached to its job before the job is submitted, closed once when the call ends."""
+    """One call's bar: attached to its job before the job is submitted, closed once when the call ends. It draws
+    through its renderers: the style's (none for "dashboard"), and the dashboard's while one is on."""
 
-    def __init__(self, style: str, name: str, options: dict[str, Any]) -> None:
-        self.style = style  # "std", "notebook", "rich" or "log"
+    def __init__(self, style: str, name: str, options: dict[str, Any],
+                 dashboard: DashboardFeed | None = None) -> None:
+        self.style = style  # "std", "notebook", "rich", "log" or "dashboard"
         self._name = name
         self._options = options
-        self._renderer: Renderer | None = None
+        self._dashboard = dashboard
+        self._renderers: list[Renderer] = []
         self._job: Job | None = None
         self._shown = 0
         # The driver thread advances the bar, the caller's thread closes it; the two may differ.
         self._lock = threading.Lock()
 
-    def attach(self, job: Job) -> None:
-        """Draw the bar for *job*, which from now on reports to it: per finished chunk, and (job.progress) per task
-        from the engine's clock reads."""
+    def attach(self, job: Job, runner: Runner | None = None) -> None:
+        """Draw the bar for *job* (run by *runner*), which from now on reports to it: per finished chunk, and
+        (job.progress) per task from the engine's clock reads."""
         self._job = job
-        self._renderer = _open(self.style, self._name, job.n_tasks, self._options, job.on_error != "raise")
+        if self.style != "dashboard":
+            self._renderers.append(_open(self.style, self._name, job.n_tasks, self._options, job.on_error != "raise"))
+        if self._dashboard is not None:
+            self._renderers.append(self._dashboard.open(self._name, job, runner))
         job.progress = self
         job.progress_listeners.append(self._chunk_done)
 
@@ -252,32 +307,33 @@ class ProgressBar:
     def advance(self, job: Job, running: int) -> None:
         """*job*'s finished tasks plus *running*: those done so far in chunks not finished yet."""
         with self._lock:
-            renderer = self._renderer
-            if renderer is None:
+            if not self._renderers:
                 return  # closed
             total = _total(job)
             done = max(self._shown, job.n_completed_tasks + running)
             self._shown = done if total is None else min(done, total)
-            try:
-                renderer.update(self._shown, total, job.n_failed)
-            except Exception:
-                # A bar that cannot draw (its file closed, say) must not fail the call it watches.
-                import logging
+            for renderer in list(self._renderers):
+                try:
+                    renderer.update(self._shown, total, job.n_failed)
+                except Exception:
+                    # A bar that cannot draw (its file closed, say) must not fail the call it watches.
+                    import logging
 
-                self._renderer = None
-                logging.getLogger("parallelize").warning(
-                    "parallelize: the progress bar of %s failed and is turned off", self._name, exc_info=True)
+                    self._renderers.remove(renderer)
+                    logging.getLogger("parallelize").warning(
+                        "parallelize: the progress bar of %s failed and is turned off", self._name, exc_info=True)
 
     def close(self, outcome: str) -> None:
         """The call ended: *outcome* is "done", "failed" or "stopped" (the caller left early)."""
         with self._lock:
-            renderer, self._renderer = self._renderer, None
+            renderers, self._renderers = self._renderers, []
             job = self._job
-            if renderer is None or job is None:
+            if job is None:
                 return
             total = _total(job)
             done = job.n_completed_tasks if outcome == "done" else max(self._shown, job.n_completed_tasks)
-            renderer.close(done, total, job.n_failed, outcome)
+            for renderer in renderers:
+                renderer.close(done, total, job.n_failed, outcome)
 
 
 def _total(job: Job) -> int | None:

@@ -697,11 +697,6 @@ def test_fork_workers_start_when_sys_stderr_has_no_file_descriptor(monkeypatch: 
         assert pool.map(square, range(4)) == [0, 1, 4, 9]
 
 
-def test_dashboard_progress_bar_style_raises_config_error() -> None:
-    with WorkerPool(N_JOBS, start_method="fork") as pool, pytest.raises(ConfigError, match="dashboard"):
-        pool.map(square, range(3), progress_bar=True, progress_bar_style="dashboard")
-
-
 # --- insights --------------------------------------------------------------------------------------------------------
 
 
