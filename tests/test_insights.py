@@ -63,10 +63,27 @@ def fails_on_three(x: int) -> int:
     return x
 
 
+@parallel(n_jobs=1, start_method="fork", nested=True)
+def double_on_a_pool_of_its_own(x: int) -> int:
+    return 2 * x
+
+
+@parallel(n_jobs=1, start_method="threading")
+def sums_on_nested_pools(x: int) -> int:
+    """From a worker thread, a call with nested=True starts a process pool of its own."""
+    return sum(double_on_a_pool_of_its_own([x, x]))
+
+
+@parallel(n_jobs=1, start_method="fork", enable_insights=True)
+def logged(x: int) -> int:
+    return x
+
+
 @pytest.fixture(autouse=True)
 def _close_pools() -> Any:
     yield
-    for func in (double, triple, sums_of_doubles, threaded_sums, naps, fails_on_three):
+    for func in (double, triple, sums_of_doubles, threaded_sums, naps, fails_on_three, sums_on_nested_pools,
+                 double_on_a_pool_of_its_own, logged):
         func.close()
 
 
@@ -172,6 +189,22 @@ def test_calls_made_by_tasks_in_worker_threads_are_nested_too() -> None:
     assert call.pool == "threads"
     assert sorted(n.items for n in call.nested) == [1, 1, 1]
     assert all(w.peak_rss is None for w in call.workers)  # (threads share the process)
+
+
+def test_a_nested_call_on_a_pool_of_its_own_is_reported_with_its_workers() -> None:
+    with parallelize.insights() as report:
+        assert sums_on_nested_pools([3]) == [12]
+    (nested,) = report.calls[0].nested
+    assert (nested.function, nested.pool, nested.n_completed) == ("double_on_a_pool_of_its_own",
+                                                                  "processes (fork)", 2)
+    assert nested.workers[0].peak_rss is not None
+
+
+def test_enable_insights_logs_each_call_s_report_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="parallelize"):
+        logged([1, 2])
+    (message,) = [r.getMessage() for r in caplog.records if "insights of a call" in r.getMessage()]
+    assert message.startswith("insights of a call of logged:\nparallelize insights: 1 call, 2 tasks")
 
 
 def test_f_insights_includes_the_calls_its_tasks_make() -> None:
@@ -385,8 +418,8 @@ def test_advice_when_no_single_cause_stands_out() -> None:
 def test_advice_reaches_the_report_for_a_call_bounded_by_one_task() -> None:
     naps([0.0, 0.0])  # the pool is up: the call below is all work and waiting
     with parallelize.insights() as report:
-        naps([0.5, 0.0, 0.0, 0.0], chunk_size=1)
-    assert any(re.fullmatch(r"naps \(.*\): one task took \d+ % of the time \(Arg 0: 0\.5\): it bounds the call; "
+        naps([1.0, 0.0, 0.0, 0.0], chunk_size=1)
+    assert any(re.fullmatch(r"naps \(.*\): one task took \d+ % of the time \(Arg 0: 1\.0\): it bounds the call; "
                             r"split it into smaller tasks", line) for line in report.advice), report.advice
     assert "\nAdvice\n  - naps (" in str(report)
 
