@@ -17,6 +17,7 @@ _WHERE = {
     "BoundParallelFunction": "._decorator",
     "ConfigError": "._errors",
     "ForkAfterThreadsWarning": "._errors",
+    "InsightsReport": "._insights_report",
     "ParallelError": "._errors",
     "ParallelFunction": "._decorator",
     "PoolBusyError": "._errors",
@@ -30,6 +31,7 @@ _WHERE = {
     "WorkerPool": ".workerpool",
     "config": "._config",
     "cpu_count": "._cpu",
+    "insights": "._insights",
     "parallel": "._decorator",
     "show_config": "._config",
 }
@@ -74,5 +76,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from ._errors import ResultTimeoutError as ResultTimeoutError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerDiedError as WorkerDiedError
+    from ._insights import insights as insights
+    from ._insights_report import InsightsReport as InsightsReport
     from .workerpool import AsyncResult as AsyncResult
     from .workerpool import WorkerPool as WorkerPool

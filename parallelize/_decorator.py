@@ -25,6 +25,7 @@ from ._chunking import is_numpy_array, known_length
 from ._config import Options
 from ._errors import ConfigError, PoolClosedError
 from ._frames import hide_library_frames, hides_library_frames, raises_job_errors
+from ._insights import Insights
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar, make_bar
@@ -259,7 +260,7 @@ class _Core:
                        n_splits=options.n_splits, task_timeout=options.task_timeout,
                        worker_init_timeout=options.worker_init_timeout,
                        worker_exit_timeout=options.worker_exit_timeout, on_error=options.on_error,
-                       retries=options.retries, retry_backoff=options.retry_backoff)
+                       retries=options.retries, retry_backoff=options.retry_backoff, owner=self)
 
     def ender(self, engine: Runner, options: Options) -> Callable[[bool], None]:
         """The on_end of a call on *engine*: end_map, whether or not the call failed."""
@@ -307,7 +308,7 @@ class _Core:
             job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
                             worker_init_timeout=options.worker_init_timeout,
                             worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
-                            retry_backoff=options.retry_backoff)
+                            retry_backoff=options.retry_backoff, owner=self)
             job.finish_listeners.append(finished)
             try:
                 engine.submit(job, background=True)  # a SerialWorker runs it here and now
@@ -412,6 +413,11 @@ class _Methods(Generic[P, R]):
         """The plain function, called once in this process."""
         return self._self_core.target(self._instance()).parallelize_callable(*args, **kwargs)  # type: ignore[no-any-return]
 
+    def insights(self) -> Insights:
+        """``with f.insights() as report:`` collects the insights of this function's calls made in the block (in
+        this thread or asyncio task), with the calls their tasks make; see ``parallelize.insights()``."""
+        return Insights(owner=self._self_core)
+
     def close(self) -> list[Any]:
         """Stop this function's workers (their exit hooks run); returns the exit results.
 
@@ -494,8 +500,9 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
     (a tuple item is unpacked into the arguments, a dict item into keywords); ``f(xs, ys)`` zips several
     iterables, as ``map(f, xs, ys)`` does. Keyword arguments override options for that call only. Methods:
     ``imap`` and ``imap_unordered`` (lazy), ``map_unordered``, ``amap`` and ``aimap`` (asyncio), ``submit`` (one
-    call, a Future), ``serial`` (one call in this process), ``options`` (a copy with other options), ``close``,
-    ``exit_results``, ``worker_pids``, and ``worker_init`` / ``worker_exit`` (decorators for hooks).
+    call, a Future), ``serial`` (one call in this process), ``options`` (a copy with other options),
+    ``insights`` (a context manager reporting its calls), ``close``, ``exit_results``, ``worker_pids``, and
+    ``worker_init`` / ``worker_exit`` (decorators for hooks).
     """
 
     __bound_function_wrapper__ = BoundParallelFunction

@@ -31,9 +31,9 @@ from ._deaths import Deaths
 from ._dispatch import Dispatcher
 from ._driving import MAX_WAIT, BackgroundDriver, DriverRole
 from ._errors import PoolClosedError
-from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import SetHooks
+from ._pool_insights import PoolInsights
 from ._pool_state import PoolState
 from ._progress_feed import ProgressFeed
 from ._settings import WorkerSettings
@@ -48,6 +48,8 @@ class Engine:
     Settings for one call (its timeouts, error policy, chunking) travel on its Job; what the workers are made with
     is the WorkerSettings given here (and changed only by update_hooks).
     """
+
+    serial = False
 
     def __init__(self, settings: WorkerSettings) -> None:
         check.worker_limits(settings.n_jobs, settings.start_method)  # before anything is made for the workers
@@ -96,7 +98,7 @@ class Engine:
         return self._state.exit_errors
 
     @property
-    def insights(self) -> InsightsCollector | None:
+    def insights(self) -> PoolInsights | None:
         return self._state.insights
 
     def worker_pids(self) -> list[int]:

@@ -17,11 +17,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._chunking import ChunkSizer
 from ._messages import CALL_APPLY, RunChunk
 from ._serialize import LocalFailure, TaskFailure, note_task, unpack_exception
+
+if TYPE_CHECKING:
+    from ._call_record import CallRecord
 
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
@@ -79,6 +82,10 @@ class Job:
         self.retries = retries
         self.retry_backoff = retry_backoff
         self.keep_going = on_error != "raise" or retries > 0
+        # Watched for insights (set by _insights.watch before the first take()): the workers time its tasks, and
+        # what they measured is fed to its record.
+        self.collect = False
+        self.record: CallRecord | None = None
         self._chunks = chunks
         self._sizer = sizer
         self._next_start = 0
@@ -148,7 +155,8 @@ class Job:
                 self.fail(exc)
                 return None
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout, self.keep_going, False, 0, self.progress is not None)
+                             self.task_timeout, self.keep_going, False, 0, self.progress is not None,
+                             self.collect)
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._engine import Engine
+from ._pool_insights import PoolInsights
 from ._runner import Runner
 from ._settings import WorkerSettings
 
@@ -43,7 +44,7 @@ class PoolHolder:
         self.engine: Runner | None = None
         self.retiring: list[Runner] = []  # replaced while calls still ran on them; stopped once idle
         self.exit_results: list[Any] = []
-        self.last_insights: Any = None  # of the runner stopped or terminated last
+        self.last_insights: PoolInsights | None = None  # of the runner stopped or terminated last
         self._start = start
         self._fits = fits
         self._on_replace = on_replace or self._log_replace

@@ -11,8 +11,8 @@ from typing import Any
 from ._config import worker_start_timeout
 from ._errors import WorkerDiedError
 from ._functions import FunctionRegistry
-from ._insights import InsightsCollector
 from ._job import Job
+from ._pool_insights import PoolInsights
 from ._settings import WorkerSettings
 from ._workers import Life, Workers, WorkerSlot
 from .backends import Backend
@@ -27,7 +27,7 @@ class PoolState:
         self.jobs: list[Job] = []  # being served
         self.incoming: list[Job] = []  # submitted since the last step (under the engine's lock)
         self.to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
-        self.insights = InsightsCollector(settings.n_jobs) if settings.enable_insights else None
+        self.insights = PoolInsights(settings.n_jobs) if settings.enable_insights else None
         self.exit_results: list[Any] = []
         self.exit_errors: list[BaseException] = []
         self.stopping = False  # stop() was called: workers finish what they have, run their exit hooks and end

@@ -31,6 +31,7 @@ from ._frames import hide_library_frames, hides_library_frames
 from ._job import Job
 from ._messages import CALL_MPIRE
 from ._pool_cache import PoolHolder
+from ._pool_insights import NO_STATS, PoolInsights
 from ._progress import callable_name, check_progress, make_bar
 from ._runner import Runner
 from ._serial import SerialWorker
@@ -358,16 +359,16 @@ class WorkerPool:
     def get_insights(self) -> dict[str, Any]:
         """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks, in MPIRE's shape:
         durations as "H:MM:SS.mmm" strings, ratios as floats. Empty when insights are disabled or nothing ran."""
-        collector = self._insights_collector()
-        return collector.as_mpire_dict() if collector is not None else {}
+        insights = self._pool_insights()
+        return insights.as_mpire_dict() if insights is not None else {}
 
     def print_insights(self) -> None:
-        """Print the insights as a readable summary (nothing is printed when insights are disabled)."""
-        collector = self._insights_collector()
-        if collector is not None:
-            print(collector.format())
+        """Print the insights as MPIRE lays them out (or MPIRE's line saying there are none)."""
+        insights = self._pool_insights()
+        print(insights.format() if insights is not None else NO_STATS)
 
-    def _insights_collector(self) -> Any:
+    def _pool_insights(self) -> PoolInsights | None:
+        """The insights of the live workers, else of the workers that ran last."""
         engine = self._engine
         if not self._workers.enable_insights:
             return None
