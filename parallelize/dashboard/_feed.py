@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import RemoteTraceback
 from .._frames import UserSite
+from .._pool_insights import PHASES
 
 if TYPE_CHECKING:
     from .._job import Job
@@ -103,14 +104,11 @@ class CallRecorder:
         if collector is None:
             return None
         try:
-            data = collector.as_dict()
-        except RuntimeError:  # changed under us by a driver in another thread: the next read gets them
+            workers = [{"tasks": tasks, **{phase: collector.seconds[phase][i] for phase in PHASES}}
+                       for i, tasks in enumerate(collector.n_completed)]
+            slowest = [[float(seconds), str(args)] for seconds, args in sorted(collector.slowest, reverse=True)]
+        except (RuntimeError, IndexError):  # changed under us by a driver in another thread: the next read gets them
             return None
-        phases = ("start_up", "init", "waiting", "working", "exit")
-        workers = [{"tasks": tasks, **{phase: data[f"{phase}_time"][i] for phase in phases}}
-                   for i, tasks in enumerate(data["n_completed_tasks"])]
-        slowest = [[float(s), str(a)] for s, a in zip(data["top_5_max_task_durations"], data["top_5_max_task_args"],
-                                                      strict=True)]
         return {"workers": workers, "slowest": slowest}
 
 
