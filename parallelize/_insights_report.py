@@ -152,7 +152,8 @@ def advise(call: CallReport) -> list[str]:
     starting = sum(w.start_up + w.init for w in call.workers) / capacity
     if starting >= 0.25:
         lines.append(f"starting the workers took {_percent(starting)} of the time: that is paid once per pool, so "
-                     "keep the pool alive between calls (keep_alive=True) and give each call more tasks")
+                     "reuse the pool (a decorated function's pool stays alive between calls unless "
+                     "keep_alive=False; a WorkerPool across several maps) and give each call more tasks")
     if call.items and call.items < call.n_jobs:
         lines.append(f"only {call.items} task{'s' * (call.items != 1)} for {call.n_jobs} workers: give the call "
                      f"more tasks, or use n_jobs={call.items}")
@@ -247,8 +248,10 @@ def _seconds(seconds: float) -> str:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.1f} ms"
-    if seconds > 0:
+    if seconds >= 1e-6:
         return f"{seconds * 1e6:.0f} us"
+    if seconds > 0:
+        return f"{seconds * 1e9:.0f} ns"  # a trivial task: "0 us" would read as nothing measured
     return "0"
 
 
