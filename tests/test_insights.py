@@ -383,7 +383,7 @@ def test_advice_small_chunks_names_a_chunk_size() -> None:
 
 def test_advice_tiny_tasks() -> None:
     (line,) = advise(_call(items=1_000_000, working=0.3, n_chunks=16))
-    assert line.startswith("tasks take 1 us each, less than handing one to a worker costs: give each task more "
+    assert line.startswith("tasks take 600 ns each, less than handing one to a worker costs: give each task more "
                            "work")
 
 
