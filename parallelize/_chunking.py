@@ -34,6 +34,12 @@ def is_numpy_array(obj: object) -> bool:
     return numpy is not None and isinstance(obj, numpy.ndarray)
 
 
+def in_memory(iterable: Iterable[Any]) -> bool:
+    """True for inputs whose items are all in memory already (list, tuple, range, numpy array): reading them
+    never blocks."""
+    return type(iterable) in (list, tuple, range) or is_numpy_array(iterable)
+
+
 def known_length(iterable: Iterable[Any], iterable_len: int | None) -> int | None:
     if iterable_len is not None:
         return iterable_len
