@@ -44,7 +44,7 @@ class Answers:
     def _chunk_done(self, slot: WorkerSlot, message: ChunkDone) -> None:
         state = self._state
         job, chunk = slot.inflight.popleft()
-        slot.answered = True
+        slot.answered = slot.flowing = True
         if slot.interrupted is not None and slot.interrupted.tag == chunk.tag:
             slot.interrupted = None  # the interrupted task returned (or raised) in time
         if chunk.tag != message.tag:  # workers answer in order: anything else is a bug to report, not hide

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
+from ._chunking import ChunkSizer, in_memory, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
 from ._dispatch import PREFETCH
 from ._errors import PoolClosedError
 from ._frames import drop_library_frames, raises_job_errors
@@ -40,7 +40,7 @@ def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: 
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
         worker_init_timeout=worker_init_timeout, worker_exit_timeout=worker_exit_timeout,
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
-        on_error=on_error, retries=retries, retry_backoff=retry_backoff,
+        in_memory=in_memory(iterable), on_error=on_error, retries=retries, retry_backoff=retry_backoff,
     )
     watch(job, engine, func, owner)
     return job
@@ -65,8 +65,9 @@ def apply_job(engine: Runner, func: Callable[..., Any], args: tuple[Any, ...], k
               retries: int = 0, retry_backoff: float = 0.0, owner: object | None = None) -> Job:
     """A job of one call ``func(*args, **kwargs)`` (*owner*: as for map_job)."""
     job = Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
-              ordered=True, n_tasks=1, task_timeout=task_timeout, worker_init_timeout=worker_init_timeout,
-              worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
+              ordered=True, n_tasks=1, in_memory=True, task_timeout=task_timeout,
+              worker_init_timeout=worker_init_timeout, worker_exit_timeout=worker_exit_timeout, retries=retries,
+              retry_backoff=retry_backoff)
     watch(job, engine, func, owner)
     return job
 

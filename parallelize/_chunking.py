@@ -34,6 +34,12 @@ def is_numpy_array(obj: object) -> bool:
     return numpy is not None and isinstance(obj, numpy.ndarray)
 
 
+def in_memory(iterable: Iterable[Any]) -> bool:
+    """True for inputs whose items are all in memory already (list, tuple, range, numpy array): reading them
+    never blocks."""
+    return type(iterable) in (list, tuple, range) or is_numpy_array(iterable)
+
+
 def known_length(iterable: Iterable[Any], iterable_len: int | None) -> int | None:
     if iterable_len is not None:
         return iterable_len
@@ -51,6 +57,7 @@ class ChunkSizer:
     def __init__(self, n_tasks: int | None, n_jobs: int, chunk_size: int | float | None, n_splits: int | None,
                  max_size: int | None = None, task_seconds: float | None = None):
         self._fixed: float | None = None  # may be fractional: chunk k ends at ceil(k * size), as in MPIRE
+        self.whole_size: int | None = None  # the fixed size when it is a whole number: no rounding per chunk
         self._chunks_cut = 0
         self._guided_floor = 1
         self._remaining = n_tasks
@@ -64,14 +71,22 @@ class ChunkSizer:
                 raise ConfigError("n_splits needs the number of tasks: pass iterable_len or an iterable with len()")
             self._fixed = max(1.0, n_tasks / n_splits)
         elif n_tasks is not None:
-            # Never so large that a worker is left without a chunk: the measure may come from other inputs.
-            worth = min(_worth_sending(task_seconds), math.ceil(n_tasks / self._n_jobs))
+            # Never so large that a worker is left without a chunk: the measure may come from other inputs. And
+            # evened out so that every worker gets as many: 3 chunks of a third on 2 workers would leave one
+            # worker with two thirds of the work.
+            worth = max(1, min(_worth_sending(task_seconds), math.ceil(n_tasks / self._n_jobs)))
+            per_worker = max(1, math.ceil(n_tasks / (self._n_jobs * worth)))
+            worth = math.ceil(n_tasks / (self._n_jobs * per_worker))
             self._guided_floor = max(1, math.ceil(n_tasks / (64 * self._n_jobs)), worth)
         else:
             self.adaptive = True
             self._size = 1
+        if self._fixed is not None and self._fixed.is_integer():
+            self.whole_size = int(self._fixed)
 
     def next_size(self) -> int:
+        if self.whole_size is not None:
+            return self.whole_size
         if self._fixed is not None:
             k = self._chunks_cut
             return math.ceil(round((k + 1) * self._fixed, 9)) - math.ceil(round(k * self._fixed, 9))
@@ -106,6 +121,11 @@ def iter_chunks(iterable: Iterable[Any], sizer: ChunkSizer, limit: int | None) -
     iterator = iter(iterable)
     if limit is not None:
         iterator = itertools.islice(iterator, limit)
+    size = sizer.whole_size
+    if size is not None:  # a fixed size, the same for every chunk: nothing to ask the sizer per chunk
+        while chunk := list(itertools.islice(iterator, size)):
+            yield chunk
+        return
     while True:
         size = sizer.next_size()
         chunk = list(itertools.islice(iterator, size))

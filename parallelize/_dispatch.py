@@ -1,8 +1,9 @@
 """Dispatch: which chunk goes to which worker, and stopping the chunks nobody wants any more.
 
-Each worker gets up to PREFETCH chunks, so it never idles waiting for the parent; the least busy worker gets the
-next chunk (or the one a job pins it to, see Job.slot_of_chunk). A worker learns a function the first time it gets
-a chunk of it, and forgets it when no call uses it.
+Each worker gets up to PREFETCH chunks, so it never idles waiting for the parent, and more when the chunks are
+short (see queue_depth); the least busy worker gets the next chunk (or the one a job pins it to, see
+Job.slot_of_chunk). A worker learns a function the first time it gets a chunk of it, and forgets it when no call
+uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from ._pool_state import PoolState
 from ._serialize import describe_unpicklable, dumps
 from ._workers import Life, WorkerSlot
 
-PREFETCH = 2  # chunks queued per worker: it never idles waiting for the parent
+PREFETCH = 2  # chunks queued per worker at least: it never idles waiting for the parent
+# Short chunks queue deeper: up to QUEUED_SECONDS of work per worker (at the function's measured time per task), at
+# most MAX_QUEUED chunks. A worker whose queue runs dry sleeps, and the parent's next write has to wake it, which
+# costs more than a chunk of microseconds. Bounded in seconds, a queue never holds enough to leave the other
+# workers idle for long at the end of a map.
+QUEUED_SECONDS = 0.002
+MAX_QUEUED = 64
 
 
 class Dispatcher:
@@ -39,15 +46,36 @@ class Dispatcher:
         for slot in self._workers:
             if slot.life is Life.VACANT:
                 self._workers.start(slot, self._state.functions.snapshot())
+        lifespan = self._state.settings.worker_lifespan
+        backend = self._workers.backend
         for job in self._state.jobs:
+            if not job.in_memory:
+                backend.write_held()  # its input may block (even on a task of a chunk held here): send them first
+            depth = self.queue_depth(job)
             while not job.finished:
-                target = self._slot_for(job)
+                target = self._slot_for(job, depth, lifespan)
                 if target is None:
                     break
-                chunk = job.take()
+                chunk = job.take(next(self._tags))
                 if chunk is None:
                     break
-                self._send_chunk(target, job, chunk)
+                # Behind work the worker has, a chunk of an input in memory waits for the others of this dispatch,
+                # to be written with them; an idle worker gets its chunk at once.
+                self._send_chunk(target, job, chunk, hold=job.in_memory and bool(target.inflight))
+        backend.write_held()
+        for slot in self._workers.slots:
+            slot.flowing = False
+
+    def queue_depth(self, job: Job) -> int:
+        """How many chunks a flowing worker may hold of *job*'s (see QUEUED_SECONDS): PREFETCH until its function's
+        time per task and the size of its chunks are known."""
+        per_task = self._state.task_seconds.get(job.func_id)
+        if not per_task or not job.last_size:
+            return PREFETCH
+        chunk_seconds = per_task * job.last_size
+        if chunk_seconds * MAX_QUEUED <= QUEUED_SECONDS:
+            return MAX_QUEUED
+        return max(PREFETCH, int(QUEUED_SECONDS / chunk_seconds))
 
     def teach(self, slot: WorkerSlot, func_id: int) -> None:
         """Send the worker in *slot* a function it does not know yet."""
@@ -92,25 +120,28 @@ class Dispatcher:
                 and any(j is job and c.tag == running for j, c in slot.inflight)):
             slot.interrupted = Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE, None)
 
-    def _slot_for(self, job: Job) -> WorkerSlot | None:
-        lifespan = self._state.settings.worker_lifespan
+    def _slot_for(self, job: Job, depth: int, lifespan: int | None) -> WorkerSlot | None:
+        """The least busy worker with room for a chunk of *job*: *depth* chunks for one that answered since the last
+        dispatch, PREFETCH for the others (one may be on a long task: a deep queue behind it would wait)."""
         if job.slot_of_chunk is not None:
             slot = self._workers.slots[job.slot_of_chunk(job.peek_chunk_id())]
-            return slot if slot.takes_chunks(lifespan, PREFETCH) else None
+            return slot if slot.takes_chunks(lifespan, depth if slot.flowing else PREFETCH) else None
         best: WorkerSlot | None = None
-        for slot in self._workers:
-            if slot.takes_chunks(lifespan, PREFETCH) and (best is None or len(slot.inflight) < len(best.inflight)):
-                best = slot
-                if not slot.inflight:
-                    break
+        least = depth
+        for slot in self._workers.slots:
+            queued = len(slot.inflight)
+            if queued < least and slot.takes_chunks(lifespan, depth if slot.flowing else PREFETCH):
+                if not queued:
+                    return slot
+                best, least = slot, queued
         return best
 
-    def _send_chunk(self, slot: WorkerSlot, job: Job, chunk: RunChunk) -> None:
+    def _send_chunk(self, slot: WorkerSlot, job: Job, chunk: RunChunk, hold: bool) -> None:
         assert slot.key is not None
-        self.teach(slot, chunk.func_id)
-        chunk = chunk._replace(tag=next(self._tags))
+        if chunk.func_id not in slot.known_funcs:
+            self.teach(slot, chunk.func_id)
         try:
-            self._workers.backend.send(slot.key, chunk)
+            self._workers.backend.send(slot.key, chunk, hold=hold)
         except Exception as exc:
             job.requeue(chunk)  # balance the bookkeeping; the job fails just below
             job.fail(_unpicklable_arguments(chunk, exc))

@@ -60,6 +60,7 @@ class Job:
         n_tasks: int | None,
         max_active: int | None = None,
         slot_of_chunk: Callable[[int], int] | None = None,
+        in_memory: bool = False,
         task_timeout: float | None = None,
         worker_init_timeout: float | None = None,
         worker_exit_timeout: float | None = None,
@@ -74,6 +75,9 @@ class Job:
         self.n_tasks = n_tasks
         self.max_active = max_active
         self.slot_of_chunk = slot_of_chunk  # order_tasks: chunk i may only go to worker slot_of_chunk(i)
+        # The input is held in memory (a list, an array...): reading the next chunk never blocks, so chunks may wait
+        # in the parent while more are read (see _dispatch). Any other input may block, on what a task does even.
+        self.in_memory = in_memory
         self.task_timeout = task_timeout
         # The hook timeouts of this call, for the workers serving it (the engine takes the strictest of its calls).
         self.worker_init_timeout = worker_init_timeout
@@ -101,6 +105,7 @@ class Job:
         self._ready: deque[list[Any]] = deque()
         self._handed_out: list[Any] | None = None  # the batch the caller is reading now (see withdraw_results)
         self.exhausted = False
+        self.last_size = 0  # items in the last chunk read from the input, 0 before the first (sizes queues)
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
@@ -130,14 +135,18 @@ class Job:
         """When the earliest delayed retry may be sent (time.monotonic()), if any."""
         return self._delayed[0][0] if self._delayed and not self.finished else None
 
-    def take(self) -> RunChunk | None:
-        """The next chunk to dispatch, or None when there is nothing to send right now."""
-        if self.finished:
+    def take(self, tag: int = 0) -> RunChunk | None:
+        """The next chunk to dispatch, marked with *tag*, or None when there is nothing to send right now."""
+        if self._ending:
             return None
-        while self._delayed and self._delayed[0][0] <= time.monotonic():
-            self._requeued.append(heapq.heappop(self._delayed)[2])
+        if self._delayed:
+            now = time.monotonic()
+            while self._delayed and self._delayed[0][0] <= now:
+                self._requeued.append(heapq.heappop(self._delayed)[2])
         if self._requeued:
             chunk = self._requeued.popleft()
+            if chunk.tag != tag:
+                chunk = chunk._replace(tag=tag)
         else:
             if self.exhausted:
                 return None
@@ -154,13 +163,15 @@ class Job:
                 self.exhausted = True
                 self.fail(exc)
                 return None
+            size = len(items)
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout, self.keep_going, False, 0, self.progress is not None,
+                             self.task_timeout, self.keep_going, False, tag, self.progress is not None,
                              self.collect)
-            self._sizes[chunk.chunk_id] = (chunk.start, len(items))
+            self._sizes[chunk.chunk_id] = (chunk.start, size)
             self._next_chunk_id += 1
-            self._next_start += len(items)
-            self._n_read += len(items)
+            self._next_start += size
+            self._n_read += size
+            self.last_size = size
         self.n_active_chunks += 1
         self.n_active_tasks += len(chunk.items)
         return chunk

@@ -367,7 +367,9 @@ def _mapped(func: Callable[..., Any], chunk: RunChunk) -> Iterator[Any] | None:
     dicts), or all unpacked (exactly tuples; or lists in MPIRE's mode). None otherwise: the tracked loop then."""
     if chunk.call_mode == CALL_APPLY:
         return None
-    kinds = set(map(type, chunk.items))
+    types = list(map(type, chunk.items))
+    # Mostly one type: counting it (an identity test per item) is several times faster than hashing every type.
+    kinds = {types[0]} if types and types.count(types[0]) == len(types) else set(types)
     if chunk.call_mode == CALL_MPIRE:
         if kinds <= _WHOLE_TYPES:
             return map(func, chunk.items)

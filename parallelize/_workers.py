@@ -56,6 +56,9 @@ class WorkerSlot:
     init_hook: Callable[..., Any] | None = None  # the worker_init this worker runs or ran (it runs at most one)
     stop_sent: bool = False  # told to stop: takes no new chunks, exits once those in flight are answered
     answered: bool = False  # has returned a chunk
+    # Has returned a chunk since the last dispatch: its queue moves, so it may queue as deep as short chunks do (a
+    # worker on a long task returns nothing, and gets no more than PREFETCH chunks behind it).
+    flowing: bool = False
     exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
     interrupted: Interrupted | None = None  # asked to interrupt what it runs, and until when it may take
     start_by: float | None = None  # monotonic time its start must have reached worker_init (or ready) by

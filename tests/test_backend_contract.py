@@ -292,6 +292,24 @@ def test_a_message_that_cannot_be_pickled_raises_in_send_and_nothing_is_sent(cas
 
 
 @every_backend
+def test_held_messages_are_written_in_order_by_the_next_send_write_held_or_wait(case: BackendCase, backend: Backend,
+                                                                                release: Any) -> None:
+    events = Recorder(backend)
+    start_ready(backend, events, 1, release)
+    backend.send(1, run_chunk(1, [1]), hold=True)
+    backend.send(1, run_chunk(2, [2]), hold=True)
+    backend.send(1, run_chunk(3, [3]))  # after the two held before it
+    backend.send(1, run_chunk(4, [4]), hold=True)
+    backend.write_held()
+    if case.serialises:  # checked at once, even held: nothing of it is held
+        with pytest.raises(TypeError, match="pickle"):
+            backend.send(1, run_chunk(5, [threading.Lock()]), hold=True)
+    backend.send(1, run_chunk(6, [6]), hold=True)  # written by wait() at the latest
+    events.wait_message(1, ChunkDone, 5)
+    assert [m.tag for m in events.messages(1, ChunkDone)] == [1, 2, 3, 4, 6]
+
+
+@every_backend
 def test_a_result_that_cannot_be_pickled_fails_its_task_in_the_worker(case: BackendCase, backend: Backend,
                                                                       release: Any) -> None:
     events = Recorder(backend)

@@ -6,17 +6,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import MutableSequence
+from collections.abc import Iterable, Iterator, MutableSequence
 from typing import Any
 
 import pytest
 
 from parallelize import _clock
 from parallelize._answers import Answers
-from parallelize._chunking import ChunkSizer, iter_chunks
+from parallelize._chunking import ChunkSizer, in_memory, iter_chunks
 from parallelize._deadlines import INTERRUPT_GRACE, Deadlines, Due
 from parallelize._deaths import Deaths
-from parallelize._dispatch import PREFETCH, Dispatcher
+from parallelize._dispatch import MAX_QUEUED, PREFETCH, QUEUED_SECONDS, Dispatcher
 from parallelize._driving import DriverRole
 from parallelize._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from parallelize._job import Job
@@ -31,7 +31,8 @@ from parallelize.backends._base import Event
 
 
 class FakeBackend(Backend):
-    """Runs nothing: records what was sent, interrupted and killed; clocks are plain lists."""
+    """Runs nothing: records what was sent (in the order it would be written), held back, interrupted and killed;
+    clocks are plain lists."""
 
     name = "fake"
 
@@ -39,6 +40,7 @@ class FakeBackend(Backend):
         self.supports_interrupt = supports_interrupt
         self.started: dict[int, WorkerSpec] = {}
         self.sent: list[tuple[int, Any]] = []
+        self.held: list[tuple[int, Any]] = []  # sent with hold=True, not written yet
         self.interrupted: list[int] = []
         self.killed: list[int] = []
         self.clocks: dict[int, list[int]] = {}
@@ -47,8 +49,17 @@ class FakeBackend(Backend):
         self.started[key] = spec
         self.clocks[key] = [0] * _clock.SIZE
 
-    def send(self, key: int, message: Any) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+        if hold:
+            self.held.append((key, message))
+            return
+        self.sent += [(k, m) for k, m in self.held if k == key]  # written first, in order
+        self.held = [(k, m) for k, m in self.held if k != key]
         self.sent.append((key, message))
+
+    def write_held(self) -> None:
+        self.sent += self.held
+        self.held.clear()
 
     def wait(self, timeout: float | None) -> list[Event]:
         return []
@@ -72,11 +83,13 @@ class FakeBackend(Backend):
         pass
 
 
-def make_job(state: PoolState, items: list[Any], chunk_size: int, *, task_timeout: float | None = None,
-             retries: int = 0, worker_init_timeout: float | None = None) -> Job:
-    sizer = ChunkSizer(len(items), 1, chunk_size, None)
-    return Job(0, state.functions.acquire(abs), CALL_UNPACK, iter_chunks(items, sizer, None), sizer, ordered=True,
-               n_tasks=len(items), task_timeout=task_timeout, retries=retries, worker_init_timeout=worker_init_timeout)
+def make_job(state: PoolState, items: Iterable[Any], chunk_size: int, *, task_timeout: float | None = None,
+             retries: int = 0, worker_init_timeout: float | None = None, job_id: int = 0) -> Job:
+    n_tasks = len(items) if isinstance(items, list) else None
+    sizer = ChunkSizer(n_tasks, 1, chunk_size, None)
+    return Job(job_id, state.functions.acquire(abs), CALL_UNPACK, iter_chunks(items, sizer, None), sizer,
+               ordered=True, n_tasks=n_tasks, in_memory=in_memory(items), task_timeout=task_timeout, retries=retries,
+               worker_init_timeout=worker_init_timeout)
 
 
 def pool(n_jobs: int = 1, *, supports_interrupt: bool = True) -> tuple[PoolState, FakeBackend, Dispatcher]:
@@ -360,3 +373,75 @@ def test_the_time_per_task_of_a_function_is_learned_from_its_answered_chunks() -
     Answers(state).on_message(slot.key, ChunkDone(failing.tag, [9], [pack_exception(ValueError(), 1)], False,
                                                   5.0, None))
     assert state.task_seconds[job.func_id] == pytest.approx(0.001)  # a failed chunk's time says little
+
+
+# --- dispatch ---
+
+def test_short_chunks_queue_deeper_up_to_about_queued_seconds_of_work_per_worker() -> None:
+    state, _, dispatcher = pool(2)
+    job = make_job(state, list(range(1000)), 10)
+    state.jobs.append(job)
+    dispatcher.dispatch()
+    assert [len(slot.inflight) for slot in state.workers.slots] == [PREFETCH, PREFETCH]  # nothing measured yet
+    state.task_seconds[job.func_id] = QUEUED_SECONDS / 10 / 5  # five chunks' worth
+    assert dispatcher.queue_depth(job) == 5
+    state.task_seconds[job.func_id] = 1e-12
+    assert dispatcher.queue_depth(job) == MAX_QUEUED
+    state.task_seconds[job.func_id] = 10.0
+    assert dispatcher.queue_depth(job) == PREFETCH
+    answer_head(state, state.workers.slots[1])
+    state.task_seconds[job.func_id] = QUEUED_SECONDS / 10 / 5  # (as measured)
+    dispatcher.dispatch()
+    # The second worker answered: its queue moves, and fills up. The first has answered nothing since the last
+    # dispatch (it may be on a long task): no more than PREFETCH chunks wait behind it.
+    assert [len(slot.inflight) for slot in state.workers.slots] == [PREFETCH, 5]
+    answer_head(state, state.workers.slots[0])
+    state.task_seconds[job.func_id] = QUEUED_SECONDS / 10 / 5
+    dispatcher.dispatch()
+    assert [len(slot.inflight) for slot in state.workers.slots] == [5, 5]
+    dispatcher.dispatch()
+    assert not any(slot.flowing for slot in state.workers.slots)  # until they answer again
+
+
+def answer_head(state: PoolState, slot: WorkerSlot) -> None:
+    """The worker in *slot* returns its first chunk in flight."""
+    assert slot.key is not None
+    _, chunk = slot.inflight[0]
+    Answers(state).on_message(slot.key, ChunkDone(chunk.tag, list(chunk.items), None, False, 0.0, None))
+
+
+def test_chunks_behind_work_wait_for_the_end_of_the_dispatch_and_an_idle_worker_gets_its_chunk_at_once() -> None:
+    state, backend, dispatcher = pool(2)
+    job = make_job(state, list(range(2 * PREFETCH)), 1)
+    state.jobs.append(job)
+    written_at_once: list[int] = []
+    send = backend.send
+
+    def spy(key: int, message: Any, *, hold: bool = False) -> None:
+        if not hold:
+            written_at_once.append(message.items[0])
+        send(key, message, hold=hold)
+
+    backend.send = spy  # type: ignore[method-assign]
+    dispatcher.dispatch()
+    assert written_at_once == [0, 1]  # the first chunk of each idle worker
+    assert not backend.held and sorted(m.items[0] for _, m in backend.sent) == list(range(2 * PREFETCH))
+
+
+def test_an_input_that_may_block_is_read_only_when_no_chunk_is_held_back() -> None:
+    """A generator may wait for one of its earlier items to have run (on what a task does): no chunk may wait in
+    the parent while it is read, whether its own or another call's."""
+    state, backend, dispatcher = pool(2)
+    held_at_reads: list[int] = []
+
+    def items() -> Iterator[int]:
+        for x in range(6):
+            held_at_reads.append(len(backend.held))
+            yield x
+
+    # The list's third chunk waits behind the first worker's; its input ends, and the generator's chunk goes to
+    # the second worker, which has room left.
+    state.jobs += [make_job(state, list(range(3)), 1), make_job(state, items(), 1, job_id=1)]
+    dispatcher.dispatch()
+    assert held_at_reads == [0]
+    assert not backend.held and len(backend.sent) == 4

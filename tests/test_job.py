@@ -166,6 +166,10 @@ def test_a_measured_time_per_task_keeps_guided_chunks_worth_their_round_trip() -
     # Tasks slow enough that any chunk is worth sending: the schedule is unchanged.
     slow = [len(c) for c in iter_chunks(range(1000), ChunkSizer(1000, 2, None, None, task_seconds=0.1), None)]
     assert slow == [len(c) for c in iter_chunks(range(1000), ChunkSizer(1000, 2, None, None), None)]
+    # Chunks worth their round trip are evened out over the workers: 4 of 25k, not 3 of 33k (two for one worker).
+    even = [len(c) for c in iter_chunks(range(100_000), ChunkSizer(100_000, 2, None, None, task_seconds=6e-8),
+                                        None)]
+    assert even == [25_000] * 4
     # A size the caller chose, or a cap on tasks in flight, wins over the measure.
     fixed = ChunkSizer(100, 2, 3, None, task_seconds=1e-9)
     assert {len(c) for c in iter_chunks(range(99), fixed, None)} == {3}

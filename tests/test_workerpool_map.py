@@ -65,6 +65,13 @@ def gated_square(event: Any, x: int, n_free: int) -> int:
     return x * x
 
 
+def set_at(event: Any, x: int, trigger: int) -> int:
+    """Sets the event when it runs item *trigger*."""
+    if x == trigger:
+        event.set()
+    return x
+
+
 def wait_then_return(event: Any, x: Any) -> Any:
     if not event.wait(WAIT_S):
         raise RuntimeError("the event was never set")
@@ -267,6 +274,23 @@ def test_map_calls_a_two_argument_function_with_tuples_and_dicts(fast_start_meth
 
 
 # --- numpy -----------------------------------------------------------------------------------------------------
+
+
+def test_an_input_waiting_for_a_task_of_an_earlier_item_sees_it_run(fast_start_method: str) -> None:
+    """Chunks may wait in the parent to be written together, but never while a generator is read: this one stops
+    after its tenth item until that item has run in a worker. The pool has measured the function first, so its
+    chunks queue deep, and the tenth waits behind earlier ones on its worker."""
+    gate = context(fast_start_method).Event()
+
+    def items() -> Iterator[tuple[int, int]]:
+        yield from ((x, 9) for x in range(10))
+        if not gate.wait(10):
+            raise AssertionError("item 9 was not sent to a worker before the input was read further")
+        yield from ((x, 9) for x in range(10, 40))
+
+    with WorkerPool(N_JOBS, start_method=fast_start_method, shared_objects=gate, keep_alive=True) as pool:
+        assert pool.map(set_at, [(x, -1) for x in range(200)], chunk_size=1) == list(range(200))
+        assert pool.map(set_at, items(), chunk_size=1) == list(range(40))
 
 
 def test_numpy_input_is_passed_as_sub_arrays_along_axis_0(fast_start_method: str) -> None:

@@ -85,14 +85,23 @@ class Backend(abc.ABC):
         Messages may be sent to the worker at once: they wait for it."""
 
     @abc.abstractmethod
-    def send(self, key: int, message: Any) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
         """Queue a message for a worker, behind the ones sent before. Never blocks on a slow worker: what cannot
         be written now is written from ``wait()``, so the caller must go on calling it.
 
         A message that cannot be serialised raises here, in the caller (pickle's error: TypeError,
         PicklingError, ...), and nothing of it is sent: the worker sees the messages before and after it intact.
         A backend that hands messages over as objects (threads) never raises for that.
+
+        With *hold*, the message is serialised now (and raises now) but may be written later, together with the
+        other messages held for the worker: with the next send to it without *hold*, or by ``write_held()`` or
+        ``wait()``, whichever comes first. (One write for many small chunks: a worker woken once, not per chunk.)
         """
+
+    @abc.abstractmethod
+    def write_held(self) -> None:
+        """Write every message that ``send(..., hold=True)`` held back (a backend that writes each message at once
+        has nothing to do)."""
 
     @abc.abstractmethod
     def wait(self, timeout: float | None) -> list[Event]:

@@ -3,13 +3,14 @@
 The parent never blocks on a write (a full pipe keeps the rest in an outbox and waits for writability), so a
 worker busy writing a large result and a parent writing a large chunk can never deadlock each other.
 
-A frame is: total length (8 bytes) | buffer count, pickle length, released count (4 + 8 + 4) | per out-of-band
-buffer its length, place and whether it is read-only (8 + 8 + 1) | released task-arena offsets (8 each) | the
-pickle | the inline buffers. Out-of-band buffers are those of large numpy arrays, bytes and bytearray objects
-(see _serialize.dumps_out_of_band). A buffer's place is -1 when it follows the pickle in the frame (written
-straight from the object's memory, read into one writable bytearray the receiver's objects are rebuilt on), else
-where it lies in the worker's shared memory (see _shm): no copy into or out of the pickle either way. Frames from
-a worker also list the task-arena regions it no longer uses.
+A frame is: total length (8 bytes) | buffer count, pickle length, released count, wire kind (4 + 8 + 4 + 1) | per
+out-of-band buffer its length, place and whether it is read-only (8 + 8 + 1) | released task-arena offsets (8
+each) | the pickle | the inline buffers. The wire kind names the record a pickled plain tuple stands for (see
+_messages.WIRE_TYPES), 0 for a message pickled as it is. Out-of-band buffers are those of large numpy arrays,
+bytes and bytearray objects (see _serialize.dumps_out_of_band). A buffer's place is -1 when it follows the pickle
+in the frame (written straight from the object's memory, read into one writable bytearray the receiver's objects
+are rebuilt on), else where it lies in the worker's shared memory (see _shm): no copy into or out of the pickle
+either way. Frames from a worker also list the task-arena regions it no longer uses.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from .._messages import WIRE_KINDS, WIRE_TYPES
 from .._serialize import ResultUnpicklable, dumps_out_of_band
 from ._shm import SHARED_MIN, InheritedFd, ResultRing, TaskArenaReader
 
 HEADER = struct.Struct("<Q")
-LAYOUT = struct.Struct("<IQI")  # number of out-of-band buffers, length of the pickle, number of released regions
+# Number of out-of-band buffers, length of the pickle, number of released regions, wire kind.
+LAYOUT = struct.Struct("<IQIB")
+_SMALL = struct.Struct("<QIQIB")  # HEADER and LAYOUT of a frame with no buffers and no released regions
+_JOIN_BELOW = 1 << 14  # a smaller pickle is copied behind its header: one part to write instead of two
 INLINE = -1  # the place of a buffer carried in the frame itself
 _MAX_IOV = 64  # iovecs per writev call (well under IOV_MAX)
 _READ_SIZE = 1 << 18
@@ -59,7 +64,13 @@ def encode(message: Any, place: Place | None = None, released: Sequence[int] = (
 
     With *place*, large buffers go to shared memory where it has room; *released* task-arena offsets ride along.
     """
-    data, buffers = dumps_out_of_band(message)
+    kind = WIRE_KINDS.get(type(message), 0)
+    data, buffers = dumps_out_of_band(tuple(message) if kind else message)
+    if not buffers and not released:  # the common case: one small pickle
+        head = _SMALL.pack(LAYOUT.size + len(data), 0, len(data), 0, kind)
+        if len(data) < _JOIN_BELOW:
+            return [memoryview(head + data)]
+        return [memoryview(head), memoryview(data)]
     descriptors: list[int] = []
     inline: list[memoryview] = []
     for buffer in buffers:
@@ -67,7 +78,7 @@ def encode(message: Any, place: Place | None = None, released: Sequence[int] = (
         if where == INLINE:
             inline.append(buffer)
         descriptors += (buffer.nbytes, where, buffer.readonly)
-    layout = (LAYOUT.pack(len(buffers), len(data), len(released))
+    layout = (LAYOUT.pack(len(buffers), len(data), len(released), kind)
               + struct.pack(_descriptor_format(len(buffers), len(released)), *descriptors, *released))
     total = len(layout) + len(data) + sum(buffer.nbytes for buffer in inline)
     return [memoryview(HEADER.pack(total) + layout), memoryview(data), *inline]
@@ -79,8 +90,11 @@ def decode(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
 
     *fetch* gives the buffers that lie in shared memory; *release* receives the offsets the worker handed back.
     """
+    n_buffers, data_size, n_released, kind = LAYOUT.unpack_from(body, 0)
+    if not n_buffers and not n_released:
+        message = pickle.loads(memoryview(body)[LAYOUT.size : LAYOUT.size + data_size])
+        return tuple.__new__(WIRE_TYPES[kind], message) if kind else message
     view = memoryview(body)
-    n_buffers, data_size, n_released = LAYOUT.unpack_from(view, 0)
     offset = LAYOUT.size
     descriptors = struct.unpack_from(_descriptor_format(n_buffers, n_released), view, offset)
     offset += 17 * n_buffers + 8 * n_released
@@ -100,7 +114,8 @@ def decode(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
         offset += size
         # Arrays built on read-only memory would be read-only: copy in that (small-frame) case only.
         buffers.append(bytearray(part) if part.readonly else part)
-    return pickle.loads(data, buffers=buffers)
+    message = pickle.loads(data, buffers=buffers)
+    return tuple.__new__(WIRE_TYPES[kind], message) if kind else message
 
 
 def write_all(fd: int, parts: list[memoryview]) -> None:
@@ -111,17 +126,20 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
 
 
 def _consume(parts: list[memoryview] | deque[memoryview], written: int) -> None:
-    while written:
-        head = parts[0]
-        if written >= len(head):
-            written -= len(head)
-            if isinstance(parts, deque):
-                parts.popleft()
-            else:
-                parts.pop(0)
-        else:
-            parts[0] = head[written:]
-            written = 0
+    """Drop the first *written* bytes of *parts*."""
+    if isinstance(parts, deque):
+        while parts and written >= len(parts[0]):
+            written -= len(parts.popleft())
+    else:
+        whole = 0
+        for part in parts:
+            if written < len(part):
+                break
+            written -= len(part)
+            whole += 1
+        del parts[:whole]
+    if written:
+        parts[0] = parts[0][written:]
 
 
 class ChildChannel:
@@ -244,11 +262,12 @@ class ParentWriter:
         if self.outbox:
             self.outbox.extend(parts)
             return True
-        try:
-            written = os.writev(self.fd, parts[:_MAX_IOV])
-        except BlockingIOError:
-            written = 0
-        _consume(parts, written)
+        while parts:
+            try:
+                written = os.writev(self.fd, parts[:_MAX_IOV])
+            except BlockingIOError:
+                break
+            _consume(parts, written)
         self.outbox.extend(parts)
         return bool(self.outbox)
 

@@ -299,6 +299,7 @@ class _ProcWorker:
         self.sentinel, self.owns_sentinel = _exit_watch(process, start_method)
         self.result_open = True
         self.want_write = False
+        self.held: list[memoryview] = []  # frames sent with hold=True, not written yet
         self.shared = shared
 
     def decode(self, frame: Any) -> Any:
@@ -359,6 +360,7 @@ class ProcessBackend(Backend):
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._daemon = daemon
         self._workers: dict[int, _ProcWorker] = {}
+        self._holding: list[int] = []  # workers with held messages (see send)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -474,10 +476,29 @@ class ProcessBackend(Backend):
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", key))
 
-    def send(self, key: int, message: Any) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
         worker = self._workers[key]
         # A serialisation error is the caller's to report.
         parts = encode(message, None if worker.shared is None else worker.shared[0].place)
+        if hold:
+            if not worker.held:
+                self._holding.append(key)
+            worker.held += parts
+            return
+        if worker.held:
+            parts = worker.held + parts
+            worker.held = []
+        self._write(key, worker, parts)
+
+    def write_held(self) -> None:
+        for key in self._holding:
+            worker = self._workers.get(key)
+            if worker is not None and worker.held:
+                parts, worker.held = worker.held, []
+                self._write(key, worker, parts)
+        self._holding.clear()
+
+    def _write(self, key: int, worker: _ProcWorker, parts: list[memoryview]) -> None:
         try:
             pending = worker.writer.send(parts)
         except (BrokenPipeError, ConnectionResetError):
@@ -490,6 +511,8 @@ class ProcessBackend(Backend):
             self._selector.register(worker.writer.fd, selectors.EVENT_WRITE, ("write", key))
 
     def wait(self, timeout: float | None) -> list[Event]:
+        if self._holding:
+            self.write_held()
         events: list[Event] = []
         exited: list[int] = []
         for selector_key, _ in self._selector.select(timeout):

@@ -72,8 +72,11 @@ class ThreadBackend(Backend):
         worker.thread.start()
         self._workers[key] = worker  # (only now: a thread that could not start is no worker)
 
-    def send(self, key: int, message: Any) -> None:
-        self._workers[key].inbox.put(message)
+    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+        self._workers[key].inbox.put(message)  # (a queue's put is cheap: nothing to hold)
+
+    def write_held(self) -> None:
+        pass  # nothing is held
 
     def wait(self, timeout: float | None) -> list[Event]:
         try:
