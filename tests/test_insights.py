@@ -297,7 +297,7 @@ def test_the_report_as_text_json_and_repr() -> None:
     assert text.startswith("parallelize insights: 2 calls, 30 tasks")
     for section in ("Calls", "Workers", "Slowest tasks"):
         assert f"\n{section}\n" in text
-    assert re.search(r"^  double/0 +\d+ ", text, re.MULTILINE) and re.search(r"^  triple/1 ", text, re.MULTILINE)
+    assert re.search(r"^  double/0 +\d+ ", text, re.MULTILINE) and re.search(r"^  triple/[01] ", text, re.MULTILINE)
     assert re.search(r"^  ratio .*%", text, re.MULTILINE)
     data = json.loads(json.dumps(report.to_dict()))
     assert [c["function"] for c in data["calls"]] == ["double", "triple"]
