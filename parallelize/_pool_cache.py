@@ -48,6 +48,7 @@ class PoolHolder:
         self._fits = fits
         self._on_replace = on_replace or self._log_replace
         self._wait_for_busy = wait_for_busy
+        self._cached = cached
         if cached:
             _holders.add(self)
 
@@ -66,6 +67,8 @@ class PoolHolder:
                 else:
                     self.retire(engine)
             engine = self.engine = self._start(settings)
+            if self._cached:
+                _close_at_exit_first()
             return engine
 
     def detach(self, engine: Runner) -> bool:
@@ -167,5 +170,12 @@ def _close_all() -> None:
             continue
 
 
+def _close_at_exit_first() -> None:
+    """Have _close_all run before the exit hooks registered so far. atexit runs the latest registered first, and
+    multiprocessing registers its own when its util module is first imported, which the first worker start may do:
+    run first, it would terminate daemonic workers without their exit hooks and wait for ever for the others."""
+    atexit.unregister(_close_all)
+    atexit.register(_close_all)
+
+
 os.register_at_fork(after_in_child=_forget_all)
-atexit.register(_close_all)
