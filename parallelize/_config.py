@@ -217,8 +217,6 @@ def config(**options: Any) -> Iterator[None]:
 
 def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Options, dict[str, str]]:
     """The effective options and where each came from. Validates the environment; call/decorator are pre-checked."""
-    from ._cpu import cpu_count
-
     check_environment()
     scoped = _scoped.get()
     values: dict[str, Any] = {}
@@ -235,8 +233,7 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
             values[name], sources[name] = _validate_env(variable, name, option, found[1]), variable
         else:
             values[name], sources[name] = option.default, "default"
-    available = cpu_count()
-    values["n_jobs"] = check.n_jobs(values["n_jobs"], available)
+    values["n_jobs"] = check.n_jobs(values["n_jobs"], cpu_count)
     cap = max_cpu()
     if cap is not None and values["n_jobs"] > cap:
         values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
@@ -248,6 +245,14 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
     values["disabled"] = disabled() or values["backend"] == "serial"
     sources["disabled"] = DISABLE_VARIABLE if _env.read(DISABLE_VARIABLE, _env.parse_str)[0] else "default"
     return Options(**values), sources
+
+
+def cpu_count() -> int:
+    """``parallelize.cpu_count()``, its module imported on first use: with pathlib and its cgroup parsing it is
+    needed only where n_jobs is left to the number of CPUs."""
+    from ._cpu import cpu_count
+
+    return cpu_count()
 
 
 def check_environment() -> None:

@@ -7,7 +7,6 @@ PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPo
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import importlib
@@ -31,6 +30,9 @@ from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 from ._worker import in_worker
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
 
@@ -276,6 +278,8 @@ class _Core:
     def submit(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
         options = self.resolve({})
         target = self.target(instance)
+        import concurrent.futures  # here: it costs a few ms of import time (logging with it) that maps never need
+
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         serial = self.serial_mode(options)

@@ -11,7 +11,6 @@ at interpreter exit.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import weakref
@@ -19,10 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ._engine import Engine
+from ._log import logger
 from ._runner import Runner
 from ._settings import WorkerSettings
-
-logger = logging.getLogger("parallelize")
 
 EXIT_STOP_TIMEOUT = 5.0  # seconds a pool gets at interpreter exit to run exit hooks before it is killed
 
@@ -145,7 +143,7 @@ class PoolHolder:
             self.last_insights = engine.insights
 
     def _log_replace(self) -> None:
-        logger.debug("parallelize: %s: worker settings changed, starting new workers", self.name)
+        logger().debug("parallelize: %s: worker settings changed, starting new workers", self.name)
 
 
 _holders: weakref.WeakSet[PoolHolder] = weakref.WeakSet()
