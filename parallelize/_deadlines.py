@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _clock
 from ._errors import TaskTimeoutError
@@ -35,8 +35,7 @@ class Due(enum.Enum):
     UNWIND = "unwind"  # an interrupted task or hook must have returned by now, or its worker is killed
 
 
-@dataclass
-class Interrupted:
+class Interrupted(NamedTuple):
     """A worker was asked to interrupt what it runs; *kill_at* is when the engine stops waiting for it."""
 
     due: Due  # what timed out (TASK, INIT, EXIT), or UNWIND for a cancelled job's chunk

@@ -172,7 +172,7 @@ def test_a_task_past_its_timeout_is_interrupted_then_its_worker_killed_after_the
     deadlines.enforce()
     assert backend.interrupted == [slot.key] and clock[_clock.TIMEOUT_NS] == clock[_clock.START_NS]
     assert slot.interrupted is not None and slot.interrupted.due is Due.TASK and not backend.killed
-    slot.interrupted.kill_at = time.monotonic() - 1  # the grace is over and the task still runs
+    slot.interrupted = slot.interrupted._replace(kill_at=time.monotonic() - 1)  # the grace is over, the task runs
     deadlines.enforce()
     assert backend.killed == [slot.key] and slot.life is Life.KILLED
     assert isinstance(job.error, TaskTimeoutError) and "task 1 (2)" in str(job.error)
