@@ -13,7 +13,6 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import replace
 from typing import Any
 
 from . import _config
@@ -134,17 +133,17 @@ class WorkerPool:
         return self._pool.engine
 
     def pass_on_worker_id(self, pass_on: bool = True) -> None:
-        self._workers = replace(self._workers, pass_worker_id=check.flag("pass_on", pass_on))
+        self._workers = self._workers._replace(pass_worker_id=check.flag("pass_on", pass_on))
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
         # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
         # (numpy arrays) count as changed unless they are the same object.
         current = self._workers.shared_objects
         if shared_objects is not current and not _equal(shared_objects, current):
-            self._workers = replace(self._workers, shared_objects=shared_objects)
+            self._workers = self._workers._replace(shared_objects=shared_objects)
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
-        self._workers = replace(self._workers, worker_state=check.flag("use_worker_state", use_worker_state))
+        self._workers = self._workers._replace(worker_state=check.flag("use_worker_state", use_worker_state))
 
     def set_keep_alive(self, keep_alive: bool = True) -> None:
         self._keep_alive = check.flag("keep_alive", keep_alive)
@@ -375,8 +374,8 @@ class WorkerPool:
         for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable or None, got {hook!r}")
-        return replace(self._workers, worker_init=worker_init, worker_exit=worker_exit,
-                       worker_lifespan=worker_lifespan)
+        return self._workers._replace(worker_init=worker_init, worker_exit=worker_exit,
+                                      worker_lifespan=worker_lifespan)
 
     def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Runner:
         """The running workers if they fit *settings*, else new ones.
@@ -446,8 +445,8 @@ class ThreadingContext:
 
 def _same_processes(current: WorkerSettings, settings: WorkerSettings) -> bool:
     """Whether workers started with *current* can serve a call with *settings*: hooks and lifespan aside."""
-    return current.same_workers(replace(settings, worker_init=current.worker_init, worker_exit=current.worker_exit,
-                                        worker_lifespan=current.worker_lifespan))
+    return current.same_workers(settings._replace(worker_init=current.worker_init, worker_exit=current.worker_exit,
+                                                  worker_lifespan=current.worker_lifespan))
 
 
 def _log_restart() -> None:

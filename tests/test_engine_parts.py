@@ -3,7 +3,6 @@ driven through a fake backend that records what the engine asked of it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import MutableSequence
@@ -257,7 +256,7 @@ def test_a_worker_init_handed_over_while_starting_that_fails_ends_the_worker_qui
     dispatcher.dispatch()
     slot = state.workers.slots[0]
     assert slot.key is not None and slot.life is Life.STARTING
-    state.workers.settings = dataclasses.replace(state.settings, worker_init=abs)
+    state.workers.settings = state.settings._replace(worker_init=abs)
     slot.init_hook = abs
     slot.init_runs_again()  # still starting: nothing to change
     answers = Answers(state)
