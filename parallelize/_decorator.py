@@ -27,13 +27,14 @@ from ._frames import hide_library_frames, hides_library_frames, raises_job_error
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar
-from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 from ._worker import in_worker
 
 if TYPE_CHECKING:
     import concurrent.futures
+
+    from ._runner import Runner
 
 SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
 

@@ -15,12 +15,14 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine
 from ._log import logger
-from ._runner import Runner
 from ._settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 EXIT_STOP_TIMEOUT = 5.0  # seconds a pool gets at interpreter exit to run exit hooks before it is killed
 

@@ -13,7 +13,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from . import _validation as check
@@ -27,9 +27,11 @@ from ._log import logger
 from ._messages import CALL_MPIRE
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar, check_progress_options
-from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 
 class AsyncResult:
