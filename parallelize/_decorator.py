@@ -458,13 +458,15 @@ def _wrapt_extension() -> Any:
     module is registered under its own name, so a later ``import wrapt`` by the program takes this very module,
     and wrapt's classes are the ones ParallelFunction derives from.
     """
-    if "wrapt" in sys.modules or os.environ.get("WRAPT_DISABLE_EXTENSIONS"):  # (then wrapt uses its Python classes)
-        return None
+    if "wrapt" in sys.modules or os.environ.get("WRAPT_DISABLE_EXTENSIONS"):
+        return None  # wrapt imported already: its classes; extensions disabled: wrapt's Python ones
     name = "wrapt._wrappers"
     if name in sys.modules:
         return sys.modules[name]
     try:
-        package = importlib.machinery.PathFinder.find_spec("wrapt")
+        # Found as `import wrapt` would find it: the first of sys.meta_path's finders that knows it.
+        package = next(filter(None, (finder.find_spec("wrapt", None) for finder in sys.meta_path
+                                     if hasattr(finder, "find_spec"))), None)
         if package is None or not package.submodule_search_locations:
             return None
         for directory in package.submodule_search_locations:
