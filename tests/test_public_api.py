@@ -121,3 +121,34 @@ def test_a_first_map_imports_none_of_the_modules_only_some_calls_need() -> None:
     out = subprocess.run([sys.executable, "-c", FIRST_MAPS], capture_output=True, text=True, cwd=REPO, timeout=50,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "[]", "")
+
+
+WRAPT_PROGRAM = """
+import sys
+if sys.argv[1] == "wrapt first":
+    import wrapt
+from parallelize import ParallelFunction, parallel
+import wrapt
+
+@parallel(backend="serial")
+def double(x):
+    return 2 * x
+
+assert isinstance(double, wrapt.FunctionWrapper) and issubclass(ParallelFunction, wrapt.FunctionWrapper)
+assert double([1, 2]) == [2, 4] and double.__name__ == "double"
+print("ok")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("order", "extensions"), [("wrapt first", "on"), ("wrapt after", "on"),
+                                                   ("wrapt after", "disabled")])
+def test_the_decorator_is_a_wrapt_function_wrapper_however_wrapt_is_loaded(order: str, extensions: str) -> None:
+    # The decorator loads wrapt's compiled extension alone (see _decorator); a program that imports wrapt, before
+    # or after, must see the same classes, and WRAPT_DISABLE_EXTENSIONS (wrapt's Python classes) must still work.
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    if extensions == "disabled":
+        env["WRAPT_DISABLE_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-c", WRAPT_PROGRAM, order], capture_output=True, text=True, cwd=REPO,
+                         timeout=50, env=env)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "ok", "")
