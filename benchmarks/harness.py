@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import BLAS_VARIABLES
-from .peers import FLOOR, MP_POOL, MPIRE, SERIAL, Peer
+from .peers import FLOOR, MP_POOL, MPIRE, RATIO_TO, SERIAL, Peer
 from .workloads import Sizes, Workload, WrongResult
 
 NOISY = 0.25
@@ -51,6 +51,8 @@ def run_workload(cls: type[Workload], peers: list[Peer], sizes: Sizes, n_jobs: i
     active: list[Peer] = []
     for peer in peers:
         reason = workload.skip(peer)
+        if peer.only_in is not None and cls.id not in peer.only_in:
+            reason = f"runs in {', '.join(peer.only_in)} only"
         if reason:
             raw.skipped[peer.name] = reason
         else:
@@ -180,6 +182,12 @@ def rows_of(workload: Workload, raw: Raw, peer_order: list[str]) -> list[dict[st
                        noisy=spread > NOISY, metric=workload.metric(median, serial_median),
                        vs_mpire=per_round(values, mpire), vs_floor=per_round(values, floor), vs_ideal=ideal_ratio,
                        vs_pool=per_round(values, pool))
+            base = RATIO_TO.get(name)
+            ratio = per_round(values, raw.values.get(base) or None) if base is not None else None
+            if ratio is not None:
+                row["vs_base"] = ratio
+                row["note"] = "; ".join(filter(None, [row["note"], f"{ratio:.2f}x the time of {base} (per-round "
+                                                                   "ratio)"]))
         if "values" in row or "error" in row or "skipped" in row:
             rows.append(row)
     return rows

@@ -79,6 +79,7 @@ class Peer:
     module: str | None = None  # what must be importable
     exit_hooks = True
     forks = True  # workers are forked (so a global set in the parent is visible)
+    only_in: tuple[str, ...] | None = None  # the workloads it runs in (None: all)
 
     def __init__(self, n_jobs: int) -> None:
         self.n_jobs = n_jobs
@@ -311,6 +312,23 @@ class Decorated(Peer):
         return [pid for decorated in self.used for pid in decorated.worker_pids()]
 
 
+class DecoratedWithInsights(Decorated):
+    """``@parallel`` with each map watched by ``parallelize.insights()``: what collecting insights costs, as a
+    per-round ratio to ``@parallel`` alone (same pool: the cache of decorated functions is shared)."""
+
+    name = "parallelize @parallel + insights()"
+    only_in = ("W1", "W1s")  # trivial tasks: where timing each one costs the most
+
+    def map(self, func: Callable[..., Any], items: Sequence[Any], chunk_size: int | None = None) -> list[Any]:
+        import parallelize
+
+        with parallelize.insights() as report:
+            results = super().map(func, items, chunk_size)
+        if sum(call.n_completed for call in report.calls) != len(items):
+            raise AssertionError(f"insights() saw {report!r} for a map of {len(items)} tasks")
+        return results
+
+
 class Floor(Peer):
     name = "floor (fork+pipes)"
 
@@ -338,9 +356,11 @@ def all_peers(n_jobs: int) -> list[Peer]:
     """Every peer, in the order of the table."""
     return [
         Serial(n_jobs), MpPool(n_jobs), Executor(n_jobs), Executor(n_jobs, tuned=True), Joblib(n_jobs),
-        MpireLike(n_jobs, MPIRE, "mpire"), Decorated(n_jobs),
+        MpireLike(n_jobs, MPIRE, "mpire"), Decorated(n_jobs), DecoratedWithInsights(n_jobs),
         MpireLike(n_jobs, "parallelize WorkerPool", "parallelize"), Floor(n_jobs),
     ]
 
 
-SMOKE_PEERS = (SERIAL, Decorated.name, "parallelize WorkerPool", FLOOR)
+SMOKE_PEERS = (SERIAL, Decorated.name, DecoratedWithInsights.name, "parallelize WorkerPool", FLOOR)
+# Rows that also report their per-round time ratio to another peer's, in their note.
+RATIO_TO = {DecoratedWithInsights.name: Decorated.name}

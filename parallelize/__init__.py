@@ -17,6 +17,7 @@ _WHERE = {
     "BoundParallelFunction": "._decorator",
     "ConfigError": "._errors",
     "ForkAfterThreadsWarning": "._errors",
+    "InsightsReport": "._insights_report",
     "ParallelError": "._errors",
     "ParallelFunction": "._decorator",
     "PoolBusyError": "._errors",
@@ -30,11 +31,12 @@ _WHERE = {
     "WorkerPool": ".workerpool",
     "config": "._config",
     "cpu_count": "._cpu",
+    "insights": "._insights",
     "parallel": "._decorator",
     "show_config": "._config",
 }
 
-_SUBMODULES = ("utils",)  # public modules, also imported on first use
+_SUBMODULES = ("dashboard", "utils")  # public modules, also imported on first use
 
 __all__ = ["__version__", *sorted([*_WHERE, *_SUBMODULES])]
 
@@ -55,6 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from . import dashboard as dashboard
     from . import utils as utils
     from ._config import config as config
     from ._config import show_config as show_config
@@ -73,5 +76,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from ._errors import ResultTimeoutError as ResultTimeoutError
     from ._errors import TaskTimeoutError as TaskTimeoutError
     from ._errors import WorkerDiedError as WorkerDiedError
+    from ._insights import insights as insights
+    from ._insights_report import InsightsReport as InsightsReport
     from .workerpool import AsyncResult as AsyncResult
     from .workerpool import WorkerPool as WorkerPool

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._errors import ConfigError, ResultPicklingError
+from ._job import Job
 from ._log import logger
-from ._messages import ChunkDone, RunChunk, Undecodable, WorkerExited, WorkerReady
+from ._messages import ChunkDone, ChunkStats, RunChunk, Undecodable, WorkerExited, WorkerReady
 from ._pool_state import PoolState
 from ._serialize import TaskFailure, convert_each, loads, unpack_exception
 from ._workers import Life, WorkerSlot
@@ -28,7 +29,7 @@ class Answers:
         if kind is ChunkDone:
             if slot.life is not Life.KILLED:
                 # (A worker being killed, for a timeout, say: what it still had is sent again when it has exited.)
-                self._chunk_done(slot, key, message)
+                self._chunk_done(slot, message)
         elif kind is Undecodable:
             if slot.life is not Life.KILLED:
                 self._undecodable(slot, message.error)
@@ -36,9 +37,9 @@ class Answers:
             self._ready(slot, message)
         else:
             assert kind is WorkerExited
-            self._exited(slot, key, message)
+            self._exited(slot, message)
 
-    def _chunk_done(self, slot: WorkerSlot, key: int, message: ChunkDone) -> None:
+    def _chunk_done(self, slot: WorkerSlot, message: ChunkDone) -> None:
         state = self._state
         job, chunk = slot.inflight.popleft()
         slot.answered = True
@@ -47,6 +48,8 @@ class Answers:
         if chunk.tag != message.tag:  # workers answer in order: anything else is a bug to report, not hide
             raise RuntimeError(f"parallelize internal error: worker {slot.worker_id} answered chunk tag "
                                f"{message.tag}, expected {chunk.tag}")
+        if message.stats is not None:  # a watched call's chunk: before complete(), which may end the call
+            self._measured(slot, job, message.stats)
         if message.cancelled and not job.finished:
             job.requeue(chunk)  # interrupted by a cancellation meant for another job
         elif chunk.separate_results:
@@ -55,8 +58,6 @@ class Answers:
             job.complete(chunk, message.values, message.failures, message.duration)
         if not message.cancelled and message.failures is None and chunk.items:
             state.observe(chunk.func_id, len(chunk.items), message.duration)
-        if state.insights is not None and message.stats is not None:
-            state.insights.update(slot.worker_id, key, message.stats)
         if slot.inflight and slot.inflight[0][0].finished:
             # Next in line, of an ended job: marked after this step's events (the worker may have ended in the
             # same batch, and its backend forgotten it).
@@ -70,6 +71,9 @@ class Answers:
         interrupted, slot.interrupted = slot.interrupted, None
         if state.insights is not None:
             state.insights.started(slot.worker_id, message.start_up_time, message.init_time)
+        for job in state.jobs:
+            if job.record is not None and not job.finished:
+                job.record.worker_started(slot.worker_id, message.start_up_time, message.init_time)
         if message.failure is None:
             slot.became_ready()
             if slot.stop_sent and not slot.inflight:
@@ -86,7 +90,7 @@ class Answers:
             logger().warning("worker %d (pid %s): an earlier worker_init raised %r; a new worker takes its place",
                              slot.worker_id, slot.pid, error)
 
-    def _exited(self, slot: WorkerSlot, key: int, message: WorkerExited) -> None:
+    def _exited(self, slot: WorkerSlot, message: WorkerExited) -> None:
         state = self._state
         slot.reported_end()
         interrupted, slot.interrupted = slot.interrupted, None
@@ -102,10 +106,20 @@ class Answers:
         if message.ran_exit:
             state.exit_results.append(message.exit_result)
         if state.insights is not None:
-            state.insights.exited(slot.worker_id, key, message.exit_time, message.stats)
+            state.insights.exited(slot.worker_id, message.exit_time, message.waiting_time)
+        for job in state.jobs:
+            if job.record is not None and not job.finished:
+                job.record.worker_exited(slot.worker_id, message.exit_time)
         if message.failure is not None:
             state.exit_failed((interrupted.error if interrupted is not None else None)
                               or unpack_exception(message.failure))
+
+    def _measured(self, slot: WorkerSlot, job: Job, stats: ChunkStats) -> None:
+        """What a worker measured running a chunk of a watched call (or of a pool with enable_insights)."""
+        if job.record is not None:
+            job.record.chunk(slot.worker_id, stats)
+        if self._state.insights is not None:
+            self._state.insights.chunk(slot.worker_id, stats)
 
     def _undecodable(self, slot: WorkerSlot, error: BaseException) -> None:
         """A message from *slot*'s worker failed to unpickle here."""

@@ -12,6 +12,7 @@ from ._chunking import ChunkSizer, is_numpy_array, iter_chunks, iter_numpy_chunk
 from ._dispatch import PREFETCH
 from ._errors import PoolClosedError
 from ._frames import drop_library_frames, raises_job_errors
+from ._insights import watch
 from ._job import Job
 from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar
@@ -26,22 +27,25 @@ def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: 
             task_timeout: float | None = None, worker_init_timeout: float | None = None,
             worker_exit_timeout: float | None = None, order_tasks: bool = False, on_error: str = "raise",
             retries: int = 0, retry_backoff: float = 0.0, call_mode: int = CALL_UNPACK,
-            split_arrays: bool = False) -> Job:
+            split_arrays: bool = False, owner: object | None = None) -> Job:
     """A job running *func* over *iterable*.
 
     With split_arrays (MPIRE's rule), a numpy array is cut along axis 0 and each slice is one task; otherwise an
-    array is an iterable like any other: one task per row.
+    array is an iterable like any other: one task per row. *owner* (a decorated function's) is what
+    ``f.insights()`` watches.
     """
     func_id = engine.function_id(func)
     n_tasks, sizer, chunks = cut(iterable, n_jobs, iterable_len, chunk_size, n_splits, split_arrays,
                                  max_tasks_active, engine.task_seconds(func_id))
-    return Job(
+    job = Job(
         engine.new_job_id(), func_id, call_mode, chunks, sizer, ordered=ordered,
         n_tasks=n_tasks, max_active=max_tasks_active, task_timeout=task_timeout,
         worker_init_timeout=worker_init_timeout, worker_exit_timeout=worker_exit_timeout,
         slot_of_chunk=(lambda chunk_id: chunk_id % n_jobs) if order_tasks else None,
         on_error=on_error, retries=retries, retry_backoff=retry_backoff,
     )
+    watch(job, engine, func, owner)
+    return job
 
 
 def cut(iterable: Any, n_jobs: int, iterable_len: int | None, chunk_size: int | float | None,
@@ -60,11 +64,13 @@ def cut(iterable: Any, n_jobs: int, iterable_len: int | None, chunk_size: int | 
 
 def apply_job(engine: Runner, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
               task_timeout: float | None, worker_init_timeout: float | None, worker_exit_timeout: float | None,
-              retries: int = 0, retry_backoff: float = 0.0) -> Job:
-    """A job of one call ``func(*args, **kwargs)``."""
-    return Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
-               ordered=True, n_tasks=1, task_timeout=task_timeout, worker_init_timeout=worker_init_timeout,
-               worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
+              retries: int = 0, retry_backoff: float = 0.0, owner: object | None = None) -> Job:
+    """A job of one call ``func(*args, **kwargs)`` (*owner*: as for map_job)."""
+    job = Job(engine.new_job_id(), engine.function_id(func), CALL_APPLY, iter([[(args, kwargs)]]), None,
+              ordered=True, n_tasks=1, task_timeout=task_timeout, worker_init_timeout=worker_init_timeout,
+              worker_exit_timeout=worker_exit_timeout, retries=retries, retry_backoff=retry_backoff)
+    watch(job, engine, func, owner)
+    return job
 
 
 class Call:
@@ -81,9 +87,9 @@ class Call:
         self.failed = True  # until the call reaches its end normally
 
     def begin(self, *, background: bool) -> None:
+        self.engine.call_started()  # first: end() counts the call as ended, whatever fails below
         if self.progress is not None:
-            self.job.progress_listeners.append(self.progress.update)
-        self.engine.call_started()
+            self.progress.attach(self.job, self.engine)  # before the job is submitted: its chunks then count tasks
         self.engine.submit(self.job, background=background)
 
     def wait(self) -> None:
@@ -125,7 +131,7 @@ class Call:
             # Left early (break, close(), an error in the consumer, Ctrl-C): stop its chunks now.
             self.engine.cancel(self.job, settle=interrupted)
         if self.progress is not None:
-            self.progress.close(failed=self.failed)
+            self.progress.close("done" if not self.failed else "failed" if self.job.error is not None else "stopped")
         self.engine.call_ended()
         self.on_end(self.failed)
 

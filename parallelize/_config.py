@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from . import _env
 from . import _validation as check
 from ._errors import ConfigError
-from ._progress import STYLES
+from ._progress import DASHBOARD_VARIABLE, INTERVAL_VARIABLE, check_enabled, check_options, check_style
 
 BACKENDS = ("process", "thread", "serial")
 ON_ERROR = ("raise", "return", "skip")
@@ -60,12 +61,6 @@ def _start_method(name: str, value: Any) -> Any:
 def _callable_or_none(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ConfigError(f"{name} must be callable or None, got {value!r}")
-    return value
-
-
-def _dict_or_none(name: str, value: Any) -> Any:
-    if value is not None and not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a dict or None, got {value!r}")
     return value
 
 
@@ -125,9 +120,9 @@ OPTIONS: dict[str, _Option] = {
     "task_timeout": _Option(None, _timeout, _env.parse_float),
     "worker_init_timeout": _Option(None, _timeout, _env.parse_float),
     "worker_exit_timeout": _Option(None, _timeout, _env.parse_float),
-    "progress_bar": _Option(False, _flag, _env.parse_bool),
-    "progress_bar_options": _Option(None, _dict_or_none),
-    "progress_bar_style": _Option(None, _choice(STYLES), _env.parse_str),
+    "progress_bar": _Option(False, check_enabled, _env.parse_bool_or_auto),
+    "progress_bar_options": _Option(None, check_options),
+    "progress_bar_style": _Option(None, check_style, _env.parse_str),
     "on_error": _Option("raise", _choice(ON_ERROR), _env.parse_str),
     "retries": _Option(0, _non_negative_int, _env.parse_int),
     "retry_backoff": _Option(0.0, check.backoff, _env.parse_float),
@@ -146,6 +141,12 @@ OPTIONS: dict[str, _Option] = {
 
 MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
 DISABLE_VARIABLE = "PARALLELIZE_DISABLE"
+START_TIMEOUT_VARIABLE = "PARALLELIZE_WORKER_START_TIMEOUT"
+# Seconds a new worker may take to reach its worker_init (or its first ready report, without one): generous for a
+# spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (an import
+# from a stalled network file system, say) is killed and replaced instead of holding every call for ever.
+DEFAULT_START_TIMEOUT = 120.0
+DASHBOARD_KEY_VARIABLE = "PARALLELIZE_DASHBOARD_KEY"  # the key connect_to_dashboard() sends, when none is given
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 
 
@@ -163,7 +164,7 @@ class Options(NamedTuple):
     task_timeout: float | None
     worker_init_timeout: float | None
     worker_exit_timeout: float | None
-    progress_bar: bool
+    progress_bar: bool | str  # True, False or "auto"
     progress_bar_options: dict[str, Any] | None
     progress_bar_style: str | None
     on_error: str
@@ -252,9 +253,23 @@ def cpu_count() -> int:
     return cpu_count()
 
 
+def configured(name: str) -> Any:
+    """Option *name* as config() or its PARALLELIZE_* variable sets it, else its default: what a WorkerPool
+    takes for an argument left at None (progress_bar_style, as MPIRE's PROGRESS_BAR_DEFAULT_STYLE)."""
+    scoped = _scoped.get()
+    if name in scoped:
+        return scoped[name]
+    option = OPTIONS[name]
+    variable = f"{_env.PREFIX}{name.upper()}"
+    if option.env is not None and (found := _env.read(variable, option.env))[0]:
+        return _validate_env(variable, name, option, found[1])
+    return option.default
+
+
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
-    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE])
+    _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE, INTERVAL_VARIABLE,
+                       DASHBOARD_VARIABLE, DASHBOARD_KEY_VARIABLE])
 
 
 def max_cpu() -> int | None:
@@ -263,6 +278,17 @@ def max_cpu() -> int | None:
     if cap is not None and cap < 1:
         raise ConfigError(f"{MAX_CPU_VARIABLE}={cap!r} must be a positive integer")
     return cap  # type: ignore[no-any-return]
+
+
+def worker_start_timeout() -> float | None:
+    """PARALLELIZE_WORKER_START_TIMEOUT: seconds a worker may take to start (None: no limit)."""
+    found, value = _env.read(START_TIMEOUT_VARIABLE, _env.parse_float)
+    if not found:
+        return DEFAULT_START_TIMEOUT
+    if value is not None and not 0 < value < float("inf"):
+        text = os.environ[START_TIMEOUT_VARIABLE]
+        raise ConfigError(f"{START_TIMEOUT_VARIABLE}={text!r} must be a positive number of seconds, or none")
+    return value  # type: ignore[no-any-return]
 
 
 def disabled() -> bool:

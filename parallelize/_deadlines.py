@@ -1,10 +1,11 @@
 """Timeouts: where task_timeout, worker_init_timeout and worker_exit_timeout are enforced.
 
-Each worker has at most one deadline at a time, read from its task clock (see _clock): its running task's start
-plus task_timeout, its hook's start plus the hook's timeout, or the end of the grace an interrupted task or hook
-has to return. When one passes, the worker is first interrupted (a TaskTimeoutError raised inside the task, so its
-finally blocks run and the worker lives on); only a task still running INTERRUPT_GRACE later, or one on a backend
-that cannot interrupt, has its worker killed.
+Each worker's deadlines are read from its task clock (see _clock): its running task's start plus task_timeout, its
+hook's start plus the hook's timeout, or the end of the grace an interrupted task or hook has to return; and,
+while a new worker has not reached its worker_init, the end of the time it may take to start. When a task or hook
+deadline passes, the worker is first interrupted (a TaskTimeoutError raised inside the task, so its finally blocks
+run and the worker lives on); only a task still running INTERRUPT_GRACE later, or one on a backend that cannot
+interrupt, has its worker killed. A worker that hangs starting is killed and replaced.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from . import _clock
+from ._config import START_TIMEOUT_VARIABLE
 from ._errors import TaskTimeoutError
+from ._log import logger
 from ._pool_state import PoolState
 from ._serialize import describe_unpicklable
 from ._workers import Life, WorkerSlot
@@ -23,6 +26,7 @@ from ._workers import Life, WorkerSlot
 # Seconds an interrupted task or hook (timeout, cancelled job) gets to unwind before its worker is killed: enough
 # for Python code to run its finally blocks, short enough that a task stuck in C code does not hold the pool.
 INTERRUPT_GRACE = 1.0
+
 
 
 class Due(enum.Enum):
@@ -33,6 +37,7 @@ class Due(enum.Enum):
     INIT = "worker_init_timeout"
     EXIT = "worker_exit_timeout"
     UNWIND = "unwind"  # an interrupted task or hook must have returned by now, or its worker is killed
+    START = "start"  # a new worker must have reached its worker_init (or ready) by now, or it is replaced
 
 
 class Interrupted(NamedTuple):
@@ -64,6 +69,8 @@ class Deadlines:
                 continue
             if due is Due.UNWIND:
                 self._unwind_overdue(slot)
+            elif due is Due.START:
+                self._start_overdue(slot)
             elif due is Due.TASK:
                 self._task_timed_out(slot)
             else:
@@ -77,6 +84,8 @@ class Deadlines:
             if slot.interrupted is not None:
                 yield slot.interrupted.kill_at, slot, Due.UNWIND
             elif slot.life is Life.STARTING:
+                if slot.start_by is not None and not self._workers.clock(slot)[_clock.START_NS]:
+                    yield slot.start_by, slot, Due.START
                 init_timeout = self._state.init_timeout()
                 if init_timeout is not None:
                     yield self._hook_deadline(slot, init_timeout, Due.INIT)
@@ -136,6 +145,18 @@ class Deadlines:
             self._interrupt(slot, due, start_ns, 0, error)
         else:
             self._hook_failed(slot, due, error)
+
+    def _start_overdue(self, slot: WorkerSlot) -> None:
+        """A new worker has not reached its worker_init (or said it is ready) in the time a start may take: it
+        hangs (an import from a stalled network file system, say). Kill it; the chunks queued for it go to the next."""
+        slot.start_by = None
+        self._workers.kill(slot)
+        limit = self._workers.start_timeout
+        logger().warning("worker %d (pid %s) did not finish starting within %ss; a new worker takes its place",
+                         slot.worker_id, slot.pid, limit)
+        self._state.start_failed(
+            f"worker {slot.worker_id}, pid {slot.pid}, did not finish starting within {limit}s and was killed; "
+            f"{START_TIMEOUT_VARIABLE} sets that limit")
 
     def _hook_failed(self, slot: WorkerSlot, due: Due, error: BaseException) -> None:
         self._workers.kill(slot)

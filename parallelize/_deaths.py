@@ -17,8 +17,6 @@ from ._serialize import describe_unpicklable
 from ._workers import Life, WorkerSlot
 from .backends._base import EXIT_MAIN_REIMPORTED
 
-MAX_START_FAILURES = 3  # workers in a row dying before they are ready fail the calls instead of being replaced
-
 
 class Deaths:
     def __init__(self, state: PoolState) -> None:
@@ -58,8 +56,7 @@ class Deaths:
             job.requeue(chunk)
 
     def _died_starting(self, slot: WorkerSlot, exitcode: int | None) -> None:
-        """A worker died before its worker_init finished. The next would most likely die the same way (an
-        unimportable main module, shared objects that cannot be unpickled): no endless retries."""
+        """A worker died before its worker_init finished (counted towards failing the calls, see start_failed)."""
         state = self._state
         if exitcode == EXIT_MAIN_REIMPORTED:
             state.fail_all(_errors.WorkerDiedError(
@@ -68,13 +65,10 @@ class Deaths:
                 "of @parallel functions, WorkerPool) under `if __name__ == '__main__':` in the main script"))
         if state.stopping or exitcode in (-signal.SIGKILL, -signal.SIGTERM):
             return  # killed from outside: perhaps transient, not counted
-        state.start_failures += 1
-        if state.start_failures >= MAX_START_FAILURES:
-            state.fail_all(_errors.WorkerDiedError(
-                f"{state.start_failures} workers in a row died while starting, before running any task (the "
-                f"last: worker {slot.worker_id}, pid {slot.pid}, {describe_exitcode(exitcode)}); its stderr "
-                "says why. With start_method 'spawn' or 'forkserver', a script that starts pools must do so "
-                "under `if __name__ == '__main__':`, and shared objects must unpickle in a new process"))
+        state.start_failed(
+            f"worker {slot.worker_id}, pid {slot.pid}, {describe_exitcode(exitcode)}; its stderr says why. With "
+            "start_method 'spawn' or 'forkserver', a script that starts pools must do so under "
+            "`if __name__ == '__main__':`, and shared objects must unpickle in a new process")
 
 
 def _death_error(slot: WorkerSlot, chunk: RunChunk, position: int | None,

@@ -19,14 +19,16 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _config
+from . import _validation as check
 from ._calls import Call, apply_job, map_job, run, started
 from ._chunking import is_numpy_array, known_length
 from ._config import Options
 from ._errors import ConfigError, PoolClosedError
 from ._frames import hide_library_frames, hides_library_frames, raises_job_errors
+from ._insights import Insights
 from ._job import Job
 from ._pool_cache import PoolHolder
-from ._progress import ProgressBar
+from ._progress import ProgressBar, make_bar
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 from ._worker import in_worker
@@ -212,6 +214,12 @@ class _Core:
             return _Zipped(iterables)
         return _SizedZipped(iterables, min(n for n in lengths if n is not None))
 
+    def resolve_map(self, call_options: dict[str, Any]) -> tuple[Options, int | None]:
+        """A map's options, and its iterable_len: a keyword of the call only (like WorkerPool's), the number of
+        items to read, which gives an input without a length (a generator) a total for its progress bar."""
+        iterable_len = check.iterable_len(call_options.pop("iterable_len", None))
+        return self.resolve(call_options), iterable_len
+
     def map_all(self, instance: Any, iterables: tuple[Any, ...], call_options: dict[str, Any],
                 ordered: bool) -> list[Any]:
         """Every result of a map, collected batch by batch (no generator step per result)."""
@@ -222,12 +230,12 @@ class _Core:
                 ordered: bool, *, batches: bool = False) -> Iterable[Any]:
         """The results of a map, one by one (or, with *batches*, in lists; a serial map returns one list)."""
         iterable = self.inputs(iterables)
-        options = self.resolve(call_options)
+        options, iterable_len = self.resolve_map(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
-            return self.run_serial(target, iterable, options, ordered)
+            return self.run_serial(target, iterable, options, ordered, iterable_len)
         for attempt in range(SUBMIT_ATTEMPTS):
-            engine, job, bar = self.start_map(target, iterable, options, ordered)
+            engine, job, bar = self.start_map(target, iterable, options, ordered, iterable_len)
             try:
                 return started(engine, job, bar, self.ender(engine, options), batches=batches)
             except PoolClosedError:
@@ -237,22 +245,26 @@ class _Core:
                 # the input yet): the next try gets a new one.
         raise AssertionError("unreachable")
 
-    def start_map(self, target: TaskTarget, iterable: Any, options: Options,
-                  ordered: bool) -> tuple[Runner, Job, ProgressBar | None]:
+    def start_map(self, target: TaskTarget, iterable: Any, options: Options, ordered: bool,
+                  iterable_len: int | None) -> tuple[Runner, Job, ProgressBar | None]:
         """The pool for *options*, and a job (with its progress bar) of *target* over *iterable* on it."""
+        bar = self.bar(options)  # first: a style whose package is missing fails before any pool starts
         engine = self.holder.engine_for(WorkerSettings.from_options(options))
-        job = self.map_job(engine, target, iterable, options, ordered)
-        bar = ProgressBar(job.n_tasks, options.progress_bar_options, options.progress_bar_style) \
-            if options.progress_bar else None
+        job = self.map_job(engine, target, iterable, options, ordered, iterable_len)
         return engine, job, bar
 
-    def map_job(self, runner: Runner, target: TaskTarget, iterable: Any, options: Options, ordered: bool) -> Job:
-        return map_job(runner, target, iterable, n_jobs=options.n_jobs, ordered=ordered,
+    def bar(self, options: Options) -> ProgressBar | None:
+        return make_bar(options.progress_bar, options.progress_bar_style, options.progress_bar_options,
+                        self.qualname or repr(self.plain))
+
+    def map_job(self, runner: Runner, target: TaskTarget, iterable: Any, options: Options, ordered: bool,
+                iterable_len: int | None) -> Job:
+        return map_job(runner, target, iterable, n_jobs=options.n_jobs, ordered=ordered, iterable_len=iterable_len,
                        max_tasks_active=options.max_tasks_active, chunk_size=options.chunk_size,
                        n_splits=options.n_splits, task_timeout=options.task_timeout,
                        worker_init_timeout=options.worker_init_timeout,
                        worker_exit_timeout=options.worker_exit_timeout, on_error=options.on_error,
-                       retries=options.retries, retry_backoff=options.retry_backoff)
+                       retries=options.retries, retry_backoff=options.retry_backoff, owner=self)
 
     def ender(self, engine: Runner, options: Options) -> Callable[[bool], None]:
         """The on_end of a call on *engine*: end_map, whether or not the call failed."""
@@ -264,11 +276,15 @@ class _Core:
             self.holder.release(engine)
         self.holder.call_ended()
 
-    def run_serial(self, target: TaskTarget, iterable: Any, options: Options, ordered: bool) -> list[Any]:
+    def run_serial(self, target: TaskTarget, iterable: Any, options: Options, ordered: bool,
+                   iterable_len: int | None) -> list[Any]:
         """Everything in this thread, as a single worker would: init hook, the job (the same Job, with its error
         policy, as in workers), exit hook."""
+        # A bar is drawn by the caller's process only: a call nested in a worker runs here without one.
+        bar = None if in_worker() else self.bar(options)
         worker = SerialWorker(WorkerSettings.from_options(options))
-        batches = run(worker, self.map_job(worker, target, iterable, options, ordered), None, _ignore, batches=True)
+        job = self.map_job(worker, target, iterable, options, ordered, iterable_len)
+        batches = run(worker, job, bar, _ignore, batches=True)
         results = list(itertools.chain.from_iterable(batches))
         self.serial_worker_done(worker)
         return results
@@ -298,7 +314,7 @@ class _Core:
             job = apply_job(engine, target, args, kwargs, task_timeout=options.task_timeout,
                             worker_init_timeout=options.worker_init_timeout,
                             worker_exit_timeout=options.worker_exit_timeout, retries=options.retries,
-                            retry_backoff=options.retry_backoff)
+                            retry_backoff=options.retry_backoff, owner=self)
             job.finish_listeners.append(finished)
             try:
                 engine.submit(job, background=True)  # a SerialWorker runs it here and now
@@ -315,13 +331,13 @@ class _Core:
                     ordered: bool) -> AsyncIterator[Any]:
         """Results as they come, without blocking the event loop: a background driver runs the pool."""
         iterable = self.inputs(iterables)
-        options = self.resolve(call_options)
+        options, iterable_len = self.resolve_map(call_options)
         target = self.target(instance)
         if self.serial_mode(options):
-            for value in self.run_serial(target, iterable, options, ordered):
+            for value in self.run_serial(target, iterable, options, ordered, iterable_len):
                 yield value
             return
-        engine, job, bar = self.start_map(target, iterable, options, ordered)
+        engine, job, bar = self.start_map(target, iterable, options, ordered, iterable_len)
         import asyncio  # here, not at the top: it costs ~15 ms of import time that sync users never need
 
         loop = asyncio.get_running_loop()
@@ -402,6 +418,11 @@ class _Methods(Generic[P, R]):
     def serial(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The plain function, called once in this process."""
         return self._self_core.target(self._instance()).parallelize_callable(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def insights(self) -> Insights:
+        """``with f.insights() as report:`` collects the insights of this function's calls made in the block (in
+        this thread or asyncio task), with the calls their tasks make; see ``parallelize.insights()``."""
+        return Insights(owner=self._self_core)
 
     def close(self) -> list[Any]:
         """Stop this function's workers (their exit hooks run); returns the exit results.
@@ -524,8 +545,9 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
     (a tuple item is unpacked into the arguments, a dict item into keywords); ``f(xs, ys)`` zips several
     iterables, as ``map(f, xs, ys)`` does. Keyword arguments override options for that call only. Methods:
     ``imap`` and ``imap_unordered`` (lazy), ``map_unordered``, ``amap`` and ``aimap`` (asyncio), ``submit`` (one
-    call, a Future), ``serial`` (one call in this process), ``options`` (a copy with other options), ``close``,
-    ``exit_results``, ``worker_pids``, and ``worker_init`` / ``worker_exit`` (decorators for hooks).
+    call, a Future), ``serial`` (one call in this process), ``options`` (a copy with other options),
+    ``insights`` (a context manager reporting its calls), ``close``, ``exit_results``, ``worker_pids``, and
+    ``worker_init`` / ``worker_exit`` (decorators for hooks).
     """
 
     __bound_function_wrapper__ = BoundParallelFunction
@@ -598,7 +620,7 @@ def parallel(
     task_timeout: float | None = ...,
     worker_init_timeout: float | None = ...,
     worker_exit_timeout: float | None = ...,
-    progress_bar: bool = ...,
+    progress_bar: bool | str = ...,
     progress_bar_options: dict[str, Any] | None = ...,
     progress_bar_style: str | None = ...,
     on_error: str = ...,

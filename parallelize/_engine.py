@@ -30,10 +30,11 @@ from ._deaths import Deaths
 from ._dispatch import Dispatcher
 from ._driving import MAX_WAIT, BackgroundDriver, DriverRole
 from ._errors import PoolClosedError
-from ._insights import InsightsCollector
 from ._job import Job
 from ._messages import SetHooks
+from ._pool_insights import PoolInsights
 from ._pool_state import PoolState
+from ._progress_feed import ProgressFeed
 from ._settings import WorkerSettings
 from ._workers import KILL_GRACE
 from .backends import Backend, create_backend
@@ -47,6 +48,8 @@ class Engine:
     is the WorkerSettings given here (and changed only by update_hooks).
     """
 
+    serial = False
+
     def __init__(self, settings: WorkerSettings) -> None:
         check.worker_limits(settings.n_jobs, settings.start_method)  # before anything is made for the workers
         self.backend: Backend = create_backend(settings.start_method, daemon=settings.daemon)
@@ -56,6 +59,7 @@ class Engine:
         self._answers = Answers(self._state)
         self._deaths = Deaths(self._state)
         self._deadlines = Deadlines(self._state)
+        self._progress = ProgressFeed(self._state)
         self._role = DriverRole(self._step, self.backend.wakeup, lambda: self.closed, self._handle_cancellations,
                                 lambda: bool(self._cancel_requests), self.abort)
         self._cv = self._role.lock
@@ -93,7 +97,7 @@ class Engine:
         return self._state.exit_errors
 
     @property
-    def insights(self) -> InsightsCollector | None:
+    def insights(self) -> PoolInsights | None:
         return self._state.insights
 
     def worker_pids(self) -> list[int]:
@@ -285,7 +289,11 @@ class Engine:
         self._dispatcher.interrupt_cancelled()
         self._dispatcher.dispatch()
         next_deadline = self._deadlines.nearest()  # nothing is due before it
-        wait = None if next_deadline is None else max(0.0, next_deadline - time.monotonic())
+        next_tick = self._progress.next_tick()  # None unless a call shows a progress bar
+        wake = next_deadline
+        if next_tick is not None and (wake is None or next_tick < wake):
+            wake = next_tick
+        wait = None if wake is None else max(0.0, wake - time.monotonic())
         if any(job.finished for job in state.jobs):
             wait = 0.0  # one ended while dispatching (its input ran out): its caller must not wait for an event
         if timeout is not None:
@@ -300,6 +308,8 @@ class Engine:
         # away), so nothing is due before the nearest one computed above.
         if next_deadline is not None and time.monotonic() >= next_deadline:
             self._deadlines.enforce()
+        if next_tick is not None:
+            self._progress.feed()
         self._dispatcher.interrupt_cancelled()
         if state.jobs:
             state.jobs = [job for job in state.jobs if not job.finished]

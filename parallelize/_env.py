@@ -52,6 +52,15 @@ def parse_bool(variable: str, text: str) -> bool:
     raise ConfigError(f"{variable}={text!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off")
 
 
+def parse_bool_or_auto(variable: str, text: str) -> bool | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    if text.strip().lower() in _TRUE | _FALSE:
+        return parse_bool(variable, text)
+    raise ConfigError(f"{variable}={text!r} is not a boolean or 'auto': use one of 1/0, true/false, yes/no, on/off, "
+                      "or auto")
+
+
 def parse_str(variable: str, text: str) -> str | None:
     value = text.strip()
     return None if value.lower() in _NONE else value

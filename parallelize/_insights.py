@@ -1,143 +1,123 @@
-"""Worker insights: how each worker spent its time, fed by the engine from the workers' own measurements.
+"""Insights of calls: which calls are watched, and who gets their reports.
 
-Workers send cumulative WorkerStats with their results; a worker replaced during a call (lifespan) has its last
-numbers folded into its slot, so totals cover every process that ran in that slot.
+``with parallelize.insights() as report:`` watches every parallel call made in the block, in this thread or asyncio
+task (a ContextVar holds the active collectors, so another thread's calls are not seen); ``with f.insights()``
+watches the calls of one decorated function. A watched call's job carries ``collect``: its workers time each task
+(_task_timer) and answer ChunkStats, which the engine feeds to the call's CallRecord (_call_record). When the job
+ends, the record becomes a CallReport and goes to the collectors that were active when the call started.
+
+A task of a watched call runs with a collector of its own (NestedCalls), so the calls it makes itself (in a
+worker process, a worker thread, or serial mode) come back with its chunk, as that call's ``nested`` reports.
+
+Nothing here runs for a call nobody watches but one ContextVar read per call, and this module imports nothing
+that the package has not imported already.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from ._messages import WorkerStats
+from ._log import debugging
 
-_EMPTY = WorkerStats(0, 0.0, 0.0, [])
+if TYPE_CHECKING:
+    from types import TracebackType
 
-
-class InsightsCollector:
-    def __init__(self, n_jobs: int) -> None:
-        self.n_jobs = n_jobs
-        self.start_up_time = [0.0] * n_jobs
-        self.init_time = [0.0] * n_jobs
-        self.exit_time = [0.0] * n_jobs
-        self._retired = [_EMPTY] * n_jobs  # folded stats of workers that ended
-        self._live: dict[int, tuple[int, WorkerStats]] = {}  # backend key -> (worker_id, latest stats)
-
-    def started(self, worker_id: int, start_up_time: float, init_time: float) -> None:
-        self.start_up_time[worker_id] += start_up_time
-        self.init_time[worker_id] += init_time
-
-    def update(self, worker_id: int, key: int, stats: WorkerStats) -> None:
-        self._live[key] = (worker_id, stats)
-
-    def exited(self, worker_id: int, key: int, exit_time: float, stats: WorkerStats | None) -> None:
-        self.exit_time[worker_id] += exit_time
-        self._live.pop(key, None)
-        if stats is not None:
-            self._retired[worker_id] = _merge(self._retired[worker_id], stats)
-
-    def per_worker(self) -> list[WorkerStats]:
-        totals = list(self._retired)
-        for worker_id, stats in self._live.values():
-            totals[worker_id] = _merge(totals[worker_id], stats)
-        return totals
-
-    def as_dict(self) -> dict[str, Any]:
-        """The MPIRE-shaped insights dictionary (times in seconds)."""
-        stats = self.per_worker()
-        n_completed = [s.n_completed for s in stats]
-        waiting = [s.waiting_time for s in stats]
-        working = [s.working_time for s in stats]
-        phases = {
-            "start_up": self.start_up_time,
-            "init": self.init_time,
-            "waiting": waiting,
-            "working": working,
-            "exit": self.exit_time,
-        }
-        total = sum(sum(values) for values in phases.values())
-        slowest = sorted((entry for s in stats for entry in s.slowest), reverse=True)[:5]
-        out: dict[str, Any] = {"n_completed_tasks": n_completed}
-        for name, values in phases.items():
-            out[f"{name}_time"] = list(values)
-            out[f"total_{name}_time"] = sum(values)
-            out[f"{name}_time_mean"] = _mean(values)
-            out[f"{name}_time_std"] = _std(values)
-            out[f"{name}_ratio"] = sum(values) / total if total else 0.0
-        out["total_time"] = total
-        out["top_5_max_task_durations"] = [duration for duration, _ in slowest]
-        out["top_5_max_task_args"] = [args for _, args in slowest]
-        return out
-
-    def as_mpire_dict(self) -> dict[str, Any]:
-        """as_dict() with durations as "H:MM:SS.mmm" strings, as MPIRE gives them (task arguments stay reprs)."""
-        data = self.as_dict()
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "top_5_max_task_args" or key.endswith("_ratio") or key == "n_completed_tasks":
-                out[key] = value
-            elif isinstance(value, list):
-                out[key] = [_clock_text(v) for v in value]
-            else:
-                out[key] = _clock_text(value)
-        return out
-
-    def format(self) -> str:
-        """A human-readable summary of as_dict()."""
-        data = self.as_dict()
-        lines = ["WorkerPool insights", "-------------------"]
-        lines.append(f"Total number of tasks completed: {sum(data['n_completed_tasks'])}")
-        lines.append("")
-        lines.append(f"{'phase':<10} {'total':>12} {'mean':>12} {'std':>12} {'ratio':>8}")
-        for name in ("start_up", "init", "waiting", "working", "exit"):
-            lines.append(
-                f"{name:<10} {_fmt(data[f'total_{name}_time']):>12} {_fmt(data[f'{name}_time_mean']):>12} "
-                f"{_fmt(data[f'{name}_time_std']):>12} {data[f'{name}_ratio'] * 100:>7.2f}%"
-            )
-        lines.append("")
-        for worker_id in range(self.n_jobs):
-            lines.append(
-                f"Worker {worker_id}: tasks {data['n_completed_tasks'][worker_id]}, "
-                f"start-up {_fmt(data['start_up_time'][worker_id])}, init {_fmt(data['init_time'][worker_id])}, "
-                f"waiting {_fmt(data['waiting_time'][worker_id])}, working {_fmt(data['working_time'][worker_id])}, "
-                f"exit {_fmt(data['exit_time'][worker_id])}"
-            )
-        if data["top_5_max_task_durations"]:
-            lines.append("")
-            lines.append("Slowest tasks:")
-            for duration, args in zip(data["top_5_max_task_durations"], data["top_5_max_task_args"], strict=True):
-                lines.append(f"  {_fmt(duration):>12}  {args}")
-        return "\n".join(lines)
+    from ._call_record import CallReport
+    from ._insights_report import InsightsReport
+    from ._job import Job
+    from ._runner import Runner
 
 
-def _clock_text(seconds: float) -> str:
-    millis = round(seconds * 1000)
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    secs, millis = divmod(rest, 1000)
-    return f"{hours}:{minutes:02d}:{secs:02d}.{millis:03d}"
+class Collector:
+    """Receives the reports of the calls it watches (all of them, or one decorated function's: *owner*)."""
+
+    def __init__(self, owner: object | None = None) -> None:
+        self.owner = owner
+        self.calls: list[CallReport] = []
+        self._lock = threading.Lock()  # reports arrive from whichever thread ends a job
+
+    def wants(self, owner: object | None) -> bool:
+        return self.owner is None or self.owner is owner
+
+    def add(self, report: CallReport) -> None:
+        with self._lock:
+            self.calls.append(report)
+
+    def reports(self) -> list[CallReport]:
+        with self._lock:
+            return list(self.calls)
 
 
-def _merge(a: WorkerStats, b: WorkerStats) -> WorkerStats:
-    slowest = sorted(a.slowest + b.slowest, reverse=True)[:5]
-    return WorkerStats(a.n_completed + b.n_completed, a.waiting_time + b.waiting_time,
-                       a.working_time + b.working_time, slowest)
+_active: contextvars.ContextVar[tuple[Collector, ...]] = contextvars.ContextVar("parallelize_insights", default=())
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+class Insights:
+    """The context manager of ``parallelize.insights()`` and ``f.insights()``: entering it starts collecting
+    and gives the InsightsReport, which fills as the calls made in the block end."""
+
+    def __init__(self, owner: object | None = None) -> None:
+        self._collector = Collector(owner)
+        self._token: contextvars.Token[tuple[Collector, ...]] | None = None
+
+    def __enter__(self) -> InsightsReport:
+        from ._insights_report import InsightsReport
+
+        if self._token is not None:
+            raise RuntimeError("this insights() block is active already: call insights() again for another one")
+        self._token = _active.set((*_active.get(), self._collector))
+        return InsightsReport(self._collector.reports)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._token is not None:
+            _active.reset(self._token)
+            self._token = None
 
 
-def _std(values: list[float]) -> float:
-    if not values:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def insights() -> Insights:
+    """Collect the insights of every parallel call made in a ``with`` block::
+
+        with parallelize.insights() as report:
+            f(items)
+        print(report)
+
+    Calls made in this thread (or asyncio task) are watched, and so are the calls their tasks make; other threads'
+    calls are not. A call that ends after the block (an imap read later) is added when it ends.
+    """
+    return Insights()
 
 
-def _fmt(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f}s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3f}ms"
-    return f"{seconds * 1e6:.1f}us"
+class NestedCalls:
+    """Around the tasks of a watched chunk: gathers the reports of the calls they make, in place of any collector
+    (entered once per chunk: a plain class, cheaper than a generator-based context manager)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> list[CallReport]:
+        collector = Collector()
+        self._token = _active.set((collector,))
+        return collector.calls
+
+    def __exit__(self, *exc_info: object) -> None:
+        _active.reset(self._token)
+
+
+def watch(job: Job, runner: Runner, func: Callable[..., Any], owner: object | None = None) -> None:
+    """Make *job* a watched call if a collector active here wants it (*owner*: the decorated function's, or None),
+    or if its pool has enable_insights (the pool's own insights, and a debug log line of each call's report)."""
+    collectors = _active.get()
+    if collectors:
+        collectors = tuple(c for c in collectors if c.wants(owner))
+    pool_wide = runner.settings.enable_insights
+    if not collectors and not pool_wide:
+        return
+    job.collect = True
+    log = pool_wide and debugging()
+    if collectors or log:
+        from ._call_record import CallRecord
+
+        record = job.record = CallRecord(func, runner, collectors, log)
+        job.finish_listeners.append(record.finish)

@@ -17,14 +17,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._chunking import ChunkSizer
 from ._messages import CALL_APPLY, RunChunk
 from ._serialize import LocalFailure, TaskFailure, note_task, unpack_exception
 
+if TYPE_CHECKING:
+    from ._call_record import CallRecord
+
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
+
+
+class ProgressWatch(Protocol):
+    """A progress bar watching a job (see _progress): told the tasks done so far in its running chunks."""
+
+    def advance(self, job: Job, running: int) -> None: ...
 
 
 class _Partial:
@@ -73,6 +82,10 @@ class Job:
         self.retries = retries
         self.retry_backoff = retry_backoff
         self.keep_going = on_error != "raise" or retries > 0
+        # Watched for insights (set by _insights.watch before the first take()): the workers time its tasks, and
+        # what they measured is fed to its record.
+        self.collect = False
+        self.record: CallRecord | None = None
         self._chunks = chunks
         self._sizer = sizer
         self._next_start = 0
@@ -91,6 +104,7 @@ class Job:
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0
+        self.n_failed = 0  # items that failed for good under on_error "return" or "skip"
         # Items read from the input, minus those whose results the caller took or that were skipped, bound the
         # read-ahead (max_active). One writer each (the driver reads and skips, the caller takes), so no update
         # can be lost between the two threads.
@@ -100,6 +114,8 @@ class Job:
         self.error: BaseException | None = None
         self.cancelled = False
         self.progress_listeners: list[Callable[[int], None]] = []
+        # A progress bar: set before the job is submitted, its chunks then publish each task on the worker's clock.
+        self.progress: ProgressWatch | None = None
         self.finish_listeners: list[Callable[[Job], None]] = []
         self.done_event = threading.Event()
         self._ending = False  # set as soon as the job ends, before its listeners run
@@ -139,7 +155,8 @@ class Job:
                 self.fail(exc)
                 return None
             chunk = RunChunk(self.id, self._next_chunk_id, self.func_id, self.call_mode, items, self._next_start,
-                             self.task_timeout, self.keep_going, False, 0)
+                             self.task_timeout, self.keep_going, False, 0, self.progress is not None,
+                             self.collect)
             self._sizes[chunk.chunk_id] = (chunk.start, len(items))
             self._next_chunk_id += 1
             self._next_start += len(items)
@@ -230,6 +247,11 @@ class Job:
     def finished(self) -> bool:
         return self._ending
 
+    @property
+    def tasks_read(self) -> int:
+        """Items read from the input so far (all of them once it is exhausted)."""
+        return self._next_start
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 
@@ -265,12 +287,11 @@ class Job:
             delay = self.retry_backoff * 2.0 ** min(attempts, 1023)  # 2.0**1024 overflows; inf is a fine delay
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_seq), retry))
             return
-        if self.on_error == "return":
-            self._fill(chunk, position, error)
-        elif self.on_error == "skip":
-            self._fill(chunk, position, _SKIPPED)
-        else:
+        if self.on_error == "raise":
             self.fail(error)
+            return
+        self.n_failed += 1
+        self._fill(chunk, position, error if self.on_error == "return" else _SKIPPED)
 
     def _partial(self, chunk: RunChunk) -> _Partial:
         partial = self._partials.get(chunk.chunk_id)

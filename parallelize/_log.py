@@ -13,3 +13,10 @@ def logger() -> logging.Logger:
     import logging
 
     return logging.getLogger("parallelize")
+
+
+def debugging() -> bool:
+    """Whether the package's logger takes debug records."""
+    import logging
+
+    return logger().isEnabledFor(logging.DEBUG)

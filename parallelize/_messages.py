@@ -50,6 +50,8 @@ class RunChunk(NamedTuple):
     keep_going: bool  # after a failing item, go on with the rest of the chunk (on_error return/skip, retries)
     separate_results: bool  # pickle each result on its own (ChunkDone.values are then bytes): see Job.resend
     tag: int  # unique per dispatch: tells the parent which chunk the worker's clock is about
+    count_tasks: bool = False  # a progress bar watches: run tracked, so the clock's INDEX counts the tasks done
+    collect: bool = False  # time each task and answer ChunkStats: the call is watched for insights (_insights)
 
 
 class Undecodable(NamedTuple):
@@ -67,13 +69,18 @@ class Stop(NamedTuple):
 STOP = Stop()
 
 
-class WorkerStats(NamedTuple):
-    """Cumulative per-worker timings for insights; only collected when insights are enabled."""
+class ChunkStats(NamedTuple):
+    """How a chunk sent with RunChunk.collect ran in its worker (see _task_timer), for insights."""
 
+    started: float  # time.monotonic() when its first task started (one clock for every process on the machine)
+    ended: float  # time.monotonic() when its last task ended
+    working_time: float  # seconds in its tasks that completed
     n_completed: int
-    waiting_time: float
-    working_time: float
-    slowest: list[tuple[float, str]]  # (duration, capped repr of the arguments), longest first, at most 5
+    slowest: list[tuple[float, str]]  # (seconds, the task's arguments as text), longest first, at most 5
+    waiting_time: float  # seconds the worker waited for messages since its last report (enable_insights), else 0
+    peak_rss: int  # the worker process's peak resident memory so far, in bytes (0: a thread worker, or unknown)
+    arg_bytes: int  # estimated size of the chunk's task arguments, in bytes
+    nested: list[Any]  # the CallReports of the parallel calls its tasks made (see _insights.NestedCalls)
 
 
 class WorkerReady(NamedTuple):
@@ -90,7 +97,7 @@ class ChunkDone(NamedTuple):
     failures: list[TaskFailure] | None
     cancelled: bool  # the parent cancelled the job while this chunk ran; values are incomplete
     duration: float  # seconds the worker spent on the chunk (drives adaptive chunk sizes)
-    stats: WorkerStats | None
+    stats: ChunkStats | None  # with RunChunk.collect only
 
 
 class WorkerExited(NamedTuple):
@@ -98,7 +105,7 @@ class WorkerExited(NamedTuple):
     exit_result: Any
     exit_time: float
     failure: TaskFailure | None  # worker_exit raised
-    stats: WorkerStats | None
+    waiting_time: float | None  # seconds waited for messages since its last ChunkStats (enable_insights), else None
     reason: str  # "stop" (asked), "lifespan" (worker_lifespan reached), "memory" (max_worker_memory exceeded)
     rss: int  # memory only the worker used (USS), in bytes, when it decided to end (0 if not measured)
     ran_exit: bool  # a worker_exit ran (exit_result is its value): the hook may have changed during its life

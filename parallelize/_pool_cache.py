@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine
 from ._log import logger
+from ._pool_insights import PoolInsights
 from ._settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class PoolHolder:
         self.engine: Runner | None = None
         self.retiring: list[Runner] = []  # replaced while calls still ran on them; stopped once idle
         self.exit_results: list[Any] = []
-        self.last_insights: Any = None  # of the runner stopped or terminated last
+        self.last_insights: PoolInsights | None = None  # of the runner stopped or terminated last
         self._start = start
         self._fits = fits
         self._on_replace = on_replace or self._log_replace

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _errors  # its WorkerDiedError is made on first use (see there)
+from ._config import worker_start_timeout
 from ._functions import FunctionRegistry
-from ._insights import InsightsCollector
 from ._job import Job
+from ._pool_insights import PoolInsights
 from ._settings import WorkerSettings
 from ._workers import Life, Workers, WorkerSlot
 from .backends import Backend
 
+MAX_START_FAILURES = 3  # workers in a row failing to start fail the calls instead of being replaced
+
 
 class PoolState:
     def __init__(self, settings: WorkerSettings, backend: Backend) -> None:
-        self.workers = Workers(settings, backend)
+        self.workers = Workers(settings, backend, worker_start_timeout())
         self.functions = FunctionRegistry()
         self.jobs: list[Job] = []  # being served
         self.incoming: list[Job] = []  # submitted since the last step (under the engine's lock)
         self.to_cancel: list[Job] = []  # failed or cancelled jobs whose chunks may still run in workers
-        self.insights = InsightsCollector(settings.n_jobs) if settings.enable_insights else None
+        self.insights = PoolInsights(settings.n_jobs) if settings.enable_insights else None
         self.exit_results: list[Any] = []
         self.exit_errors: list[BaseException] = []
         self.stopping = False  # stop() was called: workers finish what they have, run their exit hooks and end
-        self.start_failures = 0  # workers in a row that died before they were ready (see _deaths)
+        self.start_failures = 0  # workers in a row that failed to start (see start_failed)
         self.strictest_exit_timeout: float | None = None  # of every call so far, for exits when none runs
         self.task_seconds: dict[int, float] = {}  # func_id -> time per task measured in the workers (see observe)
 
@@ -68,6 +72,15 @@ class PoolState:
         self.task_seconds[func_id] = per_task if known is None else 0.7 * known + 0.3 * per_task
 
     # --- failures that end calls ---
+
+    def start_failed(self, what: str) -> None:
+        """A worker died or hung before it was ready. The next would most likely fail the same way (an
+        unimportable main module, shared objects that cannot be unpickled): after MAX_START_FAILURES in a row,
+        the calls fail instead of waiting on endless replacements. *what* describes the last one."""
+        self.start_failures += 1
+        if self.start_failures >= MAX_START_FAILURES:
+            self.fail_all(_errors.WorkerDiedError(f"{self.start_failures} workers in a row failed to start, before "
+                                                  f"running any task (the last: {what})"))
 
     def fail_all(self, error: BaseException) -> None:
         for job in self.jobs + self.incoming:

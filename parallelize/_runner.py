@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._insights import InsightsCollector
     from ._job import Job
+    from ._pool_insights import PoolInsights
     from ._settings import WorkerSettings
 
 
 class Runner(Protocol):
+    serial: bool  # worker 0 in the calling thread (a SerialWorker)
+
     @property
     def settings(self) -> WorkerSettings: ...
 
@@ -23,7 +25,7 @@ class Runner(Protocol):
     def exit_errors(self) -> list[BaseException]: ...
 
     @property
-    def insights(self) -> InsightsCollector | None: ...
+    def insights(self) -> PoolInsights | None: ...
 
     @property
     def usable(self) -> bool: ...

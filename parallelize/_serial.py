@@ -16,13 +16,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PoolClosedError
+from ._insights import NestedCalls
 from ._serialize import LocalFailure
+from ._task_timer import TaskTimes
 from ._worker import call_item, leading_arguments
 
 if TYPE_CHECKING:
-    from ._insights import InsightsCollector
-    from ._job import Job
-    from ._messages import RunChunk
+    from ._job import Job, ProgressWatch
+    from ._messages import ChunkStats, RunChunk
+    from ._pool_insights import PoolInsights
     from ._settings import WorkerSettings
 
 
@@ -30,7 +32,8 @@ class SerialWorker:
     """Worker 0, in this thread: its leading arguments, its state, its hooks, and the jobs given to it."""
 
     foreign = False  # it never outlives a fork in a usable state: it has no processes to inherit
-    insights: InsightsCollector | None = None
+    serial = True
+    insights: PoolInsights | None = None  # (a pool's insights are its workers'; a watched call has its own)
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -155,10 +158,51 @@ class SerialWorker:
                 return job.finished  # (it may have just ended: its input ran out)
             time.sleep(max(0.0, retry_at - time.monotonic()))  # the backoff the user asked for
             return True
+        func = self._functions[job.func_id]
+        if job.progress is not None:
+            func = _reporting(func, job, job.progress)
         t0 = time.perf_counter()
-        values, failures = _run_chunk(self._functions[job.func_id], chunk)
+        if chunk.collect:
+            values, failures, stats = _run_collected(func, chunk)
+            if job.record is not None:
+                job.record.chunk(0, stats)
+        else:
+            values, failures = _run_chunk(func, chunk)
         job.complete(chunk, values, failures, time.perf_counter() - t0)
         return True
+
+
+def _reporting(func: Callable[..., Any], job: Job, progress: ProgressWatch) -> Callable[..., Any]:
+    """*func*, telling *job*'s progress bar after each call: a bar over a chunk run here moves per task."""
+    done = 0
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        try:
+            return func(*args, **kwargs)
+        finally:
+            done += 1
+            progress.advance(job, done)
+
+    return call
+
+
+def _run_collected(func: Callable[..., Any],
+                   chunk: RunChunk) -> tuple[list[Any], list[LocalFailure] | None, ChunkStats]:
+    """_run_chunk for a watched call: each task timed, and the calls the tasks make reported as nested."""
+    times = TaskTimes()
+    position = itertools.count()
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        index = next(position)  # the chunk's items are called in order, once each
+        t0 = time.perf_counter()
+        value = func(*args, **kwargs)
+        times.note(time.perf_counter() - t0, index)
+        return value
+
+    with NestedCalls() as nested:
+        values, failures = _run_chunk(timed, chunk)
+    return values, failures, times.stats(chunk, 0.0, nested, in_process=False)
 
 
 def _run_chunk(func: Callable[..., Any], chunk: RunChunk) -> tuple[list[Any], list[LocalFailure] | None]:

@@ -26,6 +26,13 @@ def positive_int(name: str, value: Any, *, allow_none: bool = True) -> int | Non
     return value
 
 
+def iterable_len(value: Any) -> int | None:
+    """How many items of the input to read (None: all); it is also the total of the progress bar."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return 0  # as MPIRE: an empty map
+    return positive_int("iterable_len", value)
+
+
 def chunk_size(name: str, value: Any) -> int | float | None:
     """Items per chunk; may be fractional (chunk k ends at item ceil(k * size)), but at most sys.maxsize."""
     if value is None:

@@ -12,7 +12,6 @@ TaskTimeoutError for a timeout, ChunkCancelled for a cancelled job.
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import threading
 import time
@@ -23,10 +22,12 @@ from . import _clock
 from ._chunking import is_numpy_array
 from ._clock import Clock, cancel_mark
 from ._errors import TaskTimeoutError
+from ._insights import NestedCalls
 from ._messages import (
     CALL_APPLY,
     CALL_MPIRE,
     ChunkDone,
+    ChunkStats,
     RegisterFunc,
     RunChunk,
     SetHooks,
@@ -34,10 +35,10 @@ from ._messages import (
     UnregisterFunc,
     WorkerExited,
     WorkerReady,
-    WorkerStats,
 )
 from ._serialize import ResultUnpicklable, TaskFailure, describe_unpicklable, loads, pack_exception
 from ._settings import WorkerSettings
+from ._task_timer import TaskTimes
 
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
 
@@ -78,32 +79,6 @@ class WorkerSpec(NamedTuple):
     functions: dict[int, Callable[..., Any]]  # the functions the parent knew when it started the worker
     cpu_ids: tuple[int, ...] | None = None
     created_at: float = 0.0  # time.time() when the parent started the worker
-
-
-class _Insights:
-    """Timings of one worker, kept only when insights are enabled."""
-
-    def __init__(self) -> None:
-        self.n_completed = 0
-        self.waiting_time = 0.0
-        self.working_time = 0.0
-        self._slowest: list[tuple[float, int, str]] = []  # min-heap of the 5 longest tasks
-        self._seq = 0
-
-    def record(self, duration: float, item: Any) -> None:
-        self.n_completed += 1
-        self.working_time += duration
-        if len(self._slowest) < 5 or duration > self._slowest[0][0]:
-            self._seq += 1
-            entry = (duration, self._seq, describe_unpicklable(item, 200))
-            if len(self._slowest) < 5:
-                heapq.heappush(self._slowest, entry)
-            else:
-                heapq.heapreplace(self._slowest, entry)
-
-    def snapshot(self) -> WorkerStats:
-        slowest = [(d, text) for d, _, text in sorted(self._slowest, reverse=True)]
-        return WorkerStats(self.n_completed, self.waiting_time, self.working_time, slowest)
 
 
 _WHOLE_TYPES = frozenset((int, float, complex, bool, str, bytes, type(None)))
@@ -204,7 +179,8 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     settings = spec.settings
     prefix = leading_arguments(spec.worker_id, settings.pass_worker_id, settings.shared_objects,
                                settings.worker_state)
-    insights = _Insights() if settings.enable_insights else None
+    measure_waits = settings.enable_insights  # (MPIRE's waiting time: for the pool's whole life, see _pool_insights)
+    waited = 0.0
 
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
     if not _initialise(settings.worker_init, prefix, channel, clock, spec.worker_id, start_up):
@@ -246,13 +222,19 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
             message = channel.recv()
         except EOFError:  # the parent is gone: nobody to report to
             return
-        if insights is not None:
-            insights.waiting_time += time.perf_counter() - t_wait
+        if measure_waits:
+            waited += time.perf_counter() - t_wait
         if type(message) is RunChunk:
             t_chunk = time.perf_counter()
-            values, failures, cancelled = _run_chunk(lookup(message.func_id), message, clock, insights)
+            stats = None
+            if message.collect:
+                values, failures, cancelled, stats = _run_collected(lookup(message.func_id), message, clock, waited,
+                                                                    measure_waits)
+                waited = 0.0
+            else:
+                values, failures, cancelled = _run_chunk(lookup(message.func_id), message, clock, None)
             n_done += len(message.items)
-            _send_result(channel, message, values, failures, cancelled, time.perf_counter() - t_chunk, insights,
+            _send_result(channel, message, values, failures, cancelled, time.perf_counter() - t_chunk, stats,
                          clock)
             clock[_clock.TAG] = 0  # only now: a death while sending names this chunk (see Engine._on_exit)
         elif type(message) is RegisterFunc:
@@ -273,24 +255,23 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         else:  # a programming error in the parent; fail loudly rather than guess
             raise TypeError(f"worker received an unknown message {type(message).__name__}")
 
-    _finish(spec.worker_id, worker_exit, prefix, channel, clock, insights, reason, rss)
+    _finish(spec.worker_id, worker_exit, prefix, channel, clock, waited if measure_waits else None, reason, rss)
 
 
 def _finish(worker_id: int, worker_exit: Callable[..., Any] | None, prefix: list[Any], channel: Channel,
-            clock: Clock, insights: _Insights | None, reason: str, rss: int) -> None:
+            clock: Clock, waited: float | None, reason: str, rss: int) -> None:
     """Run the exit hook, if any, and report the worker's end with what it returned."""
     exit_result: Any = None
     exit_failure: TaskFailure | None = None
     exit_time = 0.0
     if worker_exit is not None:
         exit_result, exit_failure, exit_time = _run_hook("worker_exit", worker_exit, prefix, clock)
-    stats = insights.snapshot() if insights is not None else None
     ran_exit = worker_exit is not None
     try:
-        channel.send(WorkerExited(worker_id, exit_result, exit_time, exit_failure, stats, reason, rss, ran_exit))
+        channel.send(WorkerExited(worker_id, exit_result, exit_time, exit_failure, waited, reason, rss, ran_exit))
     except ResultUnpicklable as exc:
         failure = pack_exception(exc)
-        channel.send(WorkerExited(worker_id, None, exit_time, failure, stats, reason, rss, ran_exit))
+        channel.send(WorkerExited(worker_id, None, exit_time, failure, waited, reason, rss, ran_exit))
 
 
 def _initialise(worker_init: Callable[..., Any] | None, prefix: list[Any], channel: Channel, clock: Clock,
@@ -304,11 +285,21 @@ def _initialise(worker_init: Callable[..., Any] | None, prefix: list[Any], chann
     return failure is None
 
 
+def _run_collected(func: Callable[..., Any], chunk: RunChunk, clock: Clock, waited: float,
+                   per_task: bool) -> tuple[list[Any], list[TaskFailure] | None, bool, ChunkStats]:
+    """_run_chunk for a watched call: its tasks timed (*per_task*: each on its own, for a pool's insights), and
+    the calls they make reported."""
+    times = TaskTimes(per_task)
+    with NestedCalls() as nested:
+        values, failures, cancelled = _run_chunk(func, chunk, clock, times)
+    return values, failures, cancelled, times.stats(chunk, waited, nested, in_worker_process)
+
+
 def _run_chunk(
     func: Callable[..., Any],
     chunk: RunChunk,
     clock: Clock,
-    insights: _Insights | None,
+    times: TaskTimes | None,
 ) -> tuple[list[Any], list[TaskFailure] | None, bool]:
     """(values, failures, cancelled). The common case is the first loop: one clock write per task."""
     if clock[_clock.CANCEL] == cancel_mark(chunk.job_id):
@@ -319,8 +310,8 @@ def _run_chunk(
     values: list[Any] = []
     try:
         _Running.in_tasks = True
-        if not (chunk.task_timeout is not None or chunk.keep_going or insights is not None):
-            mapped = None if chunk.separate_results else _mapped(func, chunk)
+        if not (chunk.task_timeout is not None or chunk.keep_going or times is not None):
+            mapped = None if chunk.separate_results or chunk.count_tasks else _mapped(func, chunk)
             if mapped is not None:
                 clock[_clock.INDEX] = _clock.UNTRACKED
                 try:
@@ -362,7 +353,7 @@ def _run_chunk(
             except BaseException as exc:
                 return values, [pack_exception(exc, index)], False
             return values, None, False
-        return _run_chunk_careful(func, chunk, clock, insights, values)
+        return _run_chunk_careful(func, chunk, clock, times, values)
     except ChunkCancelled:  # arrived between two tasks
         return values, None, True
     finally:
@@ -395,10 +386,21 @@ def _run_chunk_careful(
     func: Callable[..., Any],
     chunk: RunChunk,
     clock: Clock,
-    insights: _Insights | None,
+    times: TaskTimes | None,
     values: list[Any],
 ) -> tuple[list[Any], list[TaskFailure] | None, bool]:
     """Per-task start times (timeouts), timings (insights), and going on after failures (keep_going)."""
+    if times is not None and not (chunk.task_timeout is not None or chunk.keep_going or chunk.separate_results
+                                  or chunk.count_tasks):
+        mapped = _mapped(func, chunk)
+        if mapped is not None:  # timed only: the untracked loop, with the tasks timed
+            clock[_clock.INDEX] = _clock.UNTRACKED
+            error = times.run_mapped(mapped, values)
+            if error is None:
+                return values, None, False
+            if isinstance(error, ChunkCancelled):
+                return values, None, True
+            return values, [pack_exception(error, len(values))], False
     failures: list[TaskFailure] = []
     call_mode = chunk.call_mode
     timed = chunk.task_timeout is not None
@@ -425,8 +427,8 @@ def _run_chunk_careful(
                 values.append(None)
                 continue
             values.append(value)
-            if insights is not None:
-                insights.record(perf() - t0, item)
+            if times is not None:
+                times.note(perf() - t0, index)
     except ChunkCancelled:
         return values, failures or None, True
     finally:
@@ -441,10 +443,9 @@ def _send_result(
     failures: list[TaskFailure] | None,
     cancelled: bool,
     duration: float,
-    insights: _Insights | None,
+    stats: ChunkStats | None,
     clock: Clock,
 ) -> None:
-    stats = insights.snapshot() if insights is not None else None
     if not chunk.separate_results:
         try:
             channel.send(ChunkDone(chunk.tag, values, failures, cancelled, duration, stats))

@@ -45,7 +45,8 @@ class WorkerSlot:
     """One worker position (its worker_id) and the worker in it now."""
 
     def __init__(self, worker_id: int, *, key: int | None = None, pid: int | None = None, life: Life = Life.VACANT,
-                 known_funcs: set[int] | None = None, init_hook: Callable[..., Any] | None = None) -> None:
+                 known_funcs: set[int] | None = None, init_hook: Callable[..., Any] | None = None,
+                 start_by: float | None = None) -> None:
         self.worker_id = worker_id
         self.key = key  # the backend's name for the worker
         self.pid = pid
@@ -58,6 +59,7 @@ class WorkerSlot:
         self.answered = False  # has returned a chunk
         self.exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
         self.interrupted: Interrupted | None = None  # asked to interrupt what it runs, and until when it may take
+        self.start_by = start_by  # monotonic time its start must have reached worker_init (or ready) by
 
     # --- transitions ---
 
@@ -65,6 +67,7 @@ class WorkerSlot:
         """Its worker_init returned (or it had none)."""
         if self.life is Life.STARTING:
             self.life = Life.SERVING
+        self.start_by = None
 
     def init_failed(self) -> None:
         """Its worker_init raised or timed out: it reports it and ends itself. (SERVING: a worker_init handed over
@@ -114,9 +117,10 @@ class WorkerSlot:
 class Workers:
     """The slots of one pool and the backend that runs their workers."""
 
-    def __init__(self, settings: WorkerSettings, backend: Backend) -> None:
+    def __init__(self, settings: WorkerSettings, backend: Backend, start_timeout: float | None) -> None:
         self.settings = settings
         self.backend = backend
+        self.start_timeout = start_timeout  # see Deadlines: a start that hangs is killed, not waited for
         self.slots = [WorkerSlot(i) for i in range(settings.n_jobs)]
         self._by_key: dict[int, WorkerSlot] = {}
         self._keys = itertools.count()
@@ -136,7 +140,8 @@ class Workers:
             slot.worker_id, settings, functions, cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
             created_at=time.time()))
         fresh = WorkerSlot(slot.worker_id, key=key, pid=self.backend.pid(key), life=Life.STARTING,
-                           known_funcs=set(functions), init_hook=settings.worker_init)
+                           known_funcs=set(functions), init_hook=settings.worker_init,
+                           start_by=None if self.start_timeout is None else time.monotonic() + self.start_timeout)
         self.slots[slot.worker_id] = fresh
         self._by_key[key] = fresh
 

@@ -26,7 +26,8 @@ from ._job import Job
 from ._log import logger
 from ._messages import CALL_MPIRE
 from ._pool_cache import PoolHolder
-from ._progress import ProgressBar, check_progress_options
+from ._pool_insights import NO_STATS, PoolInsights
+from ._progress import callable_name, check_progress, make_bar
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 
@@ -158,7 +159,7 @@ class WorkerPool:
     @hides_library_frames
     def map(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
             max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
-            worker_lifespan: int | None = None, progress_bar: bool = False, concatenate_numpy_output: bool = True,
+            worker_lifespan: int | None = None, progress_bar: bool | str = False, concatenate_numpy_output: bool = True,
             worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
             task_timeout: float | None = None, worker_init_timeout: float | None = None,
             worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
@@ -179,7 +180,7 @@ class WorkerPool:
     def map_unordered(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any,
                       iterable_len: int | None = None, max_tasks_active: int | None = None,
                       chunk_size: int | None = None, n_splits: int | None = None,
-                      worker_lifespan: int | None = None, progress_bar: bool = False,
+                      worker_lifespan: int | None = None, progress_bar: bool | str = False,
                       worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
                       task_timeout: float | None = None, worker_init_timeout: float | None = None,
                       worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
@@ -192,7 +193,7 @@ class WorkerPool:
 
     def imap(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any, iterable_len: int | None = None,
              max_tasks_active: int | None = None, chunk_size: int | None = None, n_splits: int | None = None,
-             worker_lifespan: int | None = None, progress_bar: bool = False,
+             worker_lifespan: int | None = None, progress_bar: bool | str = False,
              worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
              task_timeout: float | None = None, worker_init_timeout: float | None = None,
              worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
@@ -205,7 +206,7 @@ class WorkerPool:
     def imap_unordered(self, func: Callable[..., Any], iterable_of_args: Iterable[Any] | Any,
                        iterable_len: int | None = None, max_tasks_active: int | None = None,
                        chunk_size: int | None = None, n_splits: int | None = None,
-                       worker_lifespan: int | None = None, progress_bar: bool = False,
+                       worker_lifespan: int | None = None, progress_bar: bool | str = False,
                        worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
                        task_timeout: float | None = None, worker_init_timeout: float | None = None,
                        worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
@@ -217,7 +218,7 @@ class WorkerPool:
 
     def _run(self, func: Callable[..., Any], iterable: Any, ordered: bool, iterable_len: int | None,
              max_tasks_active: int | None, chunk_size: int | None, n_splits: int | None,
-             worker_lifespan: int | None, progress_bar: bool, worker_init: Callable[..., Any] | None,
+             worker_lifespan: int | None, progress_bar: bool | str, worker_init: Callable[..., Any] | None,
              worker_exit: Callable[..., Any] | None, task_timeout: float | None,
              worker_init_timeout: float | None, worker_exit_timeout: float | None,
              progress_bar_options: dict[str, Any] | None, progress_bar_style: str | None,
@@ -225,16 +226,17 @@ class WorkerPool:
         # Validate now, so that even a lazy imap reports bad arguments at the call, not at the first next().
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r}")
-        iterable_len = check.positive_int("iterable_len", iterable_len) if iterable_len != 0 else 0
+        iterable_len = check.iterable_len(iterable_len)
         check.positive_int("max_tasks_active", max_tasks_active)
         check.chunk_size("chunk_size", chunk_size)
         check.positive_int("n_splits", n_splits)
         check.positive_int("worker_lifespan", worker_lifespan)
-        check.flag("progress_bar", progress_bar)
         task_timeout = check.timeout("task_timeout", task_timeout)
         init_timeout = check.timeout("worker_init_timeout", worker_init_timeout)
         exit_timeout = check.timeout("worker_exit_timeout", worker_exit_timeout)
-        check_progress_options(progress_bar_style, progress_bar_options)
+        if progress_bar_style is None:  # the default style: config() or PARALLELIZE_PROGRESS_BAR_STYLE, else "auto"
+            progress_bar_style = _config.configured("progress_bar_style")
+        check_progress(progress_bar, progress_bar_style, progress_bar_options)
         if not is_numpy_array(iterable) and not isinstance(iterable, Iterable):
             raise TypeError(f"iterable_of_args must be iterable, got {type(iterable).__name__}")
         settings = self._settings(worker_init, worker_exit, worker_lifespan)
@@ -246,11 +248,12 @@ class WorkerPool:
     def _execute(self, func: Callable[..., Any], iterable: Any, ordered: bool, iterable_len: int | None,
                  max_tasks_active: int | None, chunk_size: int | None, n_splits: int | None,
                  settings: WorkerSettings, task_timeout: float | None, init_timeout: float | None,
-                 exit_timeout: float | None, progress_bar: bool, progress_bar_options: dict[str, Any] | None,
+                 exit_timeout: float | None, progress_bar: bool | str, progress_bar_options: dict[str, Any] | None,
                  progress_bar_style: str | None, lazy: bool) -> Generator[Any, None, None]:
         n_jobs = self._workers.n_jobs
         if is_numpy_array(iterable) and chunk_size is None and n_splits is None:
             n_splits = 4 * n_jobs  # MPIRE's default for arrays: the chunk count is visible in the output
+        bar = make_bar(progress_bar, progress_bar_style, progress_bar_options, callable_name(func))
         with self._lock:
             engine = self._engine_for(settings, change_hooks=True)
             job = map_job(engine, func, iterable, n_jobs=n_jobs, ordered=ordered, iterable_len=iterable_len,
@@ -261,7 +264,6 @@ class WorkerPool:
             if lazy:
                 self._lazy_job = job
             self._active_calls += 1
-        bar = ProgressBar(job.n_tasks, progress_bar_options, progress_bar_style) if progress_bar else None
 
         def on_end(failed: bool) -> None:
             with self._lock:
@@ -352,16 +354,16 @@ class WorkerPool:
     def get_insights(self) -> dict[str, Any]:
         """Timings per worker (start-up, init, waiting, working, exit) and the slowest tasks, in MPIRE's shape:
         durations as "H:MM:SS.mmm" strings, ratios as floats. Empty when insights are disabled or nothing ran."""
-        collector = self._insights_collector()
-        return collector.as_mpire_dict() if collector is not None else {}
+        insights = self._pool_insights()
+        return insights.as_mpire_dict() if insights is not None else {}
 
     def print_insights(self) -> None:
-        """Print the insights as a readable summary (nothing is printed when insights are disabled)."""
-        collector = self._insights_collector()
-        if collector is not None:
-            print(collector.format())
+        """Print the insights as MPIRE lays them out (or MPIRE's line saying there are none)."""
+        insights = self._pool_insights()
+        print(insights.format() if insights is not None else NO_STATS)
 
-    def _insights_collector(self) -> Any:
+    def _pool_insights(self) -> PoolInsights | None:
+        """The insights of the live workers, else of the workers that ran last."""
         engine = self._engine
         if not self._workers.enable_insights:
             return None

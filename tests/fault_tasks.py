@@ -195,6 +195,25 @@ def _refuse_to_rebuild() -> FailsToUnpickle:
     raise RuntimeError("this shared object cannot be rebuilt in a worker")
 
 
+class HangsUnpickling:
+    """A shared object whose rebuilding in a spawned worker hangs (as a start stuck on a stalled network file system
+    would) for the first *hangs* workers, counted by files in *directory*; later workers start normally."""
+
+    def __init__(self, directory: str, hangs: int) -> None:
+        self.directory, self.hangs = directory, hangs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_or_hang, (self.directory, self.hangs))
+
+
+def _rebuild_or_hang(directory: str, hangs: int) -> HangsUnpickling:
+    started = len(os.listdir(directory))
+    _write(Path(directory) / f"{started}.pid", str(os.getpid()))
+    if started < hangs:
+        time.sleep(3600)
+    return HangsUnpickling(directory, hangs)
+
+
 @parallel(n_jobs=2, chunk_size=1, shared_objects=SlowToUnpickle())
 def slow_start(shared: SlowToUnpickle, x: Any) -> Any:
     if x == "raise":
@@ -204,6 +223,11 @@ def slow_start(shared: SlowToUnpickle, x: Any) -> Any:
 
 
 def square(x: int) -> int:
+    return x * x
+
+
+def square_beside(_shared: Any, x: int) -> int:
+    """square() for a pool with shared objects (they come first)."""
     return x * x
 
 
@@ -259,7 +283,9 @@ def our_new_shm(before: set[str]) -> set[str]:
     sessions on the same machine create and remove their own)."""
     import psutil
 
-    new = shm_entries() - before
+    # Less multiprocessing's named semaphores too: the library makes none (its segments are memfds, never in
+    # /dev/shm), while other test runs on the machine make and, a moment after their process ends, remove them.
+    new = {name for name in shm_entries() - before if not name.startswith("sem.mp-")}
     if not new:
         return new
     ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}

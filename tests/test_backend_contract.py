@@ -27,6 +27,7 @@ from parallelize._messages import (
     CALL_UNPACK,
     STOP,
     ChunkDone,
+    ChunkStats,
     RegisterFunc,
     RunChunk,
     WorkerExited,
@@ -240,6 +241,22 @@ def test_chunks_are_answered_in_order_with_their_tags_before_exited(case: Backen
     assert [(m.tag, m.values, m.failures, m.cancelled) for m in answers[1:-1]] == [
         (tag, [tag, tag + 1], None, False) for tag in range(10, 16)]
     events.assert_ended_once(1)
+
+
+@every_backend
+def test_a_chunk_sent_with_collect_is_answered_with_its_task_timings(case: BackendCase, backend: Backend,
+                                                                     release: Any) -> None:
+    events = Recorder(backend)
+    start_ready(backend, events, 1, release)
+    backend.send(1, run_chunk(5, [1, 2, 3])._replace(collect=True))
+    backend.send(1, run_chunk(6, [4]))
+    timed, plain = events.wait_message(1, ChunkDone, 2)
+    assert plain.stats is None and timed.values == [1, 2, 3]
+    stats = timed.stats
+    assert isinstance(stats, ChunkStats)
+    assert stats.n_completed == 3 and stats.working_time >= 0 and stats.started <= stats.ended
+    assert sorted(args for _, args in stats.slowest) == ["Arg 0: 1", "Arg 0: 2", "Arg 0: 3"]
+    assert stats.nested == [] and stats.arg_bytes > 0
 
 
 @thorough_backends

@@ -17,7 +17,7 @@ from parallelize._deadlines import INTERRUPT_GRACE, Deadlines, Due
 from parallelize._deaths import Deaths
 from parallelize._dispatch import PREFETCH, Dispatcher
 from parallelize._driving import DriverRole
-from parallelize._errors import TaskTimeoutError, WorkerDiedError
+from parallelize._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from parallelize._job import Job
 from parallelize._messages import CALL_UNPACK, ChunkDone, WorkerExited, WorkerReady
 from parallelize._pool_state import PoolState
@@ -213,6 +213,58 @@ def test_an_init_past_its_timeout_is_interrupted_with_the_strictest_timeout_of_t
     Deadlines(state).enforce()
     assert slot.interrupted is not None and slot.interrupted.due is Due.INIT
     assert "worker_init_timeout=0.5s" in str(slot.interrupted.error)
+
+
+def test_a_worker_that_hangs_starting_is_killed_and_replaced_and_three_in_a_row_fail_the_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLELIZE_WORKER_START_TIMEOUT", "30")
+    state, backend, dispatcher = pool()
+    job = make_job(state, [1, 2], 1)
+    state.jobs.append(job)
+    for attempt in range(3):
+        dispatcher.dispatch()
+        slot = state.workers.slots[0]
+        assert slot.key is not None and slot.life is Life.STARTING and slot.inflight  # chunks queue behind it
+        deadlines = Deadlines(state)
+        assert slot.start_by is not None and deadlines.nearest() == slot.start_by
+        deadlines.enforce()
+        assert slot.key not in backend.killed  # not due yet
+        slot.start_by = time.monotonic() - 1  # as if its 30 s had passed
+        deadlines.enforce()
+        assert backend.killed[-1] == slot.key and slot.life is Life.KILLED
+        Deaths(state).on_exit(slot.key, -9, (0,) * _clock.SIZE)
+        assert job.error is None if attempt < 2 else isinstance(job.error, WorkerDiedError)
+    assert "3 workers in a row failed to start" in str(job.error)
+    assert "did not finish starting within 30.0s" in str(job.error)
+    assert "PARALLELIZE_WORKER_START_TIMEOUT" in str(job.error)
+
+
+def test_the_start_limit_stops_at_worker_init_which_has_its_own_timeout_and_none_lifts_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    state, backend, dispatcher = pool()
+    state.jobs.append(make_job(state, [1], 1))
+    dispatcher.dispatch()
+    slot = state.workers.slots[0]
+    assert slot.key is not None and slot.start_by is not None
+    backend.clocks[slot.key][_clock.START_NS] = time.monotonic_ns()  # its worker_init began: the start is over
+    slot.start_by = time.monotonic() - 1
+    Deadlines(state).enforce()
+    assert not backend.killed
+    Answers(state).on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, None))
+    assert slot.start_by is None  # a worker_init handed over later (init_runs_again) is not a start
+
+    monkeypatch.setenv("PARALLELIZE_WORKER_START_TIMEOUT", "none")
+    unlimited, _, unlimited_dispatcher = pool()
+    unlimited.jobs.append(make_job(unlimited, [1], 1))
+    unlimited_dispatcher.dispatch()
+    assert unlimited.workers.slots[0].start_by is None
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "inf", "nan", "soon"])
+def test_a_bad_start_limit_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("PARALLELIZE_WORKER_START_TIMEOUT", text)
+    with pytest.raises(ConfigError, match=f"PARALLELIZE_WORKER_START_TIMEOUT={text!r}"):
+        pool()
 
 
 # --- deaths ---

@@ -567,9 +567,34 @@ def test_workers_that_keep_dying_while_starting_fail_the_call_instead_of_being_r
     # The classic case is a script without `if __name__ == "__main__":` under spawn; here the shared objects
     # cannot be rebuilt in the worker. Either way no worker ever becomes ready.
     with parallelize.WorkerPool(2, start_method="spawn", shared_objects=fault_tasks.FailsToUnpickle()) as pool, \
-            pytest.raises(WorkerDiedError, match="3 workers in a row died while starting") as info:
+            pytest.raises(WorkerDiedError, match="3 workers in a row failed to start") as info:
         pool.map(fault_tasks.square, range(10))
     assert "if __name__ == '__main__':" in str(info.value)
+
+
+def test_a_worker_that_hangs_while_starting_is_killed_and_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Long enough for a spawned worker to reach the shared objects on a loaded machine.
+    monkeypatch.setenv("PARALLELIZE_WORKER_START_TIMEOUT", "3")
+    with parallelize.WorkerPool(1, start_method="spawn",
+                                shared_objects=fault_tasks.HangsUnpickling(str(tmp_path), 1)) as pool:
+        assert pool.map(fault_tasks.square_beside, range(5)) == [0, 1, 4, 9, 16]
+    hung = int((tmp_path / "0.pid").read_text())
+    assert wait_until(lambda: gone(hung))
+    assert "did not finish starting within 3.0s; a new worker takes its place" in caplog.text
+
+
+def test_workers_that_keep_hanging_while_starting_fail_the_call(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARALLELIZE_WORKER_START_TIMEOUT", "1")
+    with parallelize.WorkerPool(1, start_method="spawn",
+                                shared_objects=fault_tasks.HangsUnpickling(str(tmp_path), 99)) as pool, \
+            pytest.raises(WorkerDiedError, match="3 workers in a row failed to start") as info:
+        pool.map(fault_tasks.square_beside, range(5))
+    assert "did not finish starting within 1.0s and was killed; PARALLELIZE_WORKER_START_TIMEOUT" in str(info.value)
+    # (A worker killed before it got as far as the shared objects under load leaves no pid behind.)
+    pids = [int(path.read_text()) for path in tmp_path.glob("*.pid")]
+    assert len(pids) <= 3 and wait_until(lambda: all(map(gone, pids)))
 
 
 class _Interrupted(BaseException):

@@ -240,6 +240,39 @@ def test_ctrl_c_while_workers_start_gives_one_keyboard_interrupt(tmp_path: Path,
         assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, (delay, done.stderr)
 
 
+SIGINT_KEPT_PROGRAM = """
+import signal, sys
+from parallelize import parallel
+
+@parallel(n_jobs=2, start_method=sys.argv[1], keep_alive=False)
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    square(range(4))  # launches what a first pool needs (the forkserver, multiprocessing's resource tracker)
+    changes = []
+    real = signal.signal
+    def recording(signum, handler):
+        if signum == signal.SIGINT:
+            changes.append(handler)
+        return real(signum, handler)
+    signal.signal = recording
+    for _ in range(3):  # new workers each time
+        square(range(4))
+    print("SIGINT dispositions set:", changes)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_starting_workers_never_ignores_sigint_in_the_parent_once_the_first_pool_ran(
+        tmp_path: Path, start_method: str) -> None:
+    # A Ctrl-C arriving while SIGINT is ignored is lost: a program looping over calls until Ctrl-C never ended
+    # when that window came with every worker start (a forkserver pool whose workers died and were replaced).
+    done = run_program(tmp_path, SIGINT_KEPT_PROGRAM, start_method)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "SIGINT dispositions set: []"
+
+
 # --- functions of __main__ under spawn and forkserver --------------------------------------------------------------
 
 MAIN_PROGRAM = """

@@ -69,7 +69,9 @@ def test_the_errors_a_worker_pool_raises_itself_derive_from_parallel_error() -> 
         with pytest.raises(parallelize.ParallelError) as not_ready:
             pending.get(timeout=0)
         caught.append(not_ready.value)
-        lazy = pool.imap(_slow, [0.0, 0.0])
+        # Chunks of one, the second still running at terminate(): an imap whose results have all arrived keeps
+        # them, and would not raise.
+        lazy = pool.imap(_slow, [0.0, 0.5], chunk_size=1)
         next(lazy)
         with pytest.raises(parallelize.ParallelError) as busy:
             pool.map(_slow, [0.0])
@@ -86,7 +88,7 @@ def test_the_errors_a_worker_pool_raises_itself_derive_from_parallel_error() -> 
 def test_importing_the_package_loads_neither_wrapt_nor_multiprocessing_nor_the_engine() -> None:
     code = ("import sys, parallelize; "
             "print(sorted(m for m in ('wrapt', 'multiprocessing', 'parallelize._engine', 'tqdm', 'cloudpickle', "
-            "'psutil', 'numpy') if m in sys.modules))")
+            "'psutil', 'numpy', 'http.server', 'parallelize.dashboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"

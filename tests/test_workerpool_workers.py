@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 import parallelize
-from helpers import count_in_state, exit_state, fail_on, get_pid, identity, init_state, square, worker_id_of
+from helpers import add, count_in_state, exit_state, fail_on, get_pid, identity, init_state, square, worker_id_of
 from parallelize import ConfigError, WorkerPool
 
 N_JOBS = 2
@@ -697,11 +697,6 @@ def test_fork_workers_start_when_sys_stderr_has_no_file_descriptor(monkeypatch: 
         assert pool.map(square, range(4)) == [0, 1, 4, 9]
 
 
-def test_dashboard_progress_bar_style_raises_config_error() -> None:
-    with WorkerPool(N_JOBS, start_method="fork") as pool, pytest.raises(ConfigError, match="dashboard"):
-        pool.map(square, range(3), progress_bar=True, progress_bar_style="dashboard")
-
-
 # --- insights --------------------------------------------------------------------------------------------------------
 
 
@@ -718,6 +713,75 @@ def test_insights_count_every_task_and_have_mpire_keys(fast_start_method: str) -
     assert len(insights["top_5_max_task_args"]) == len(insights["top_5_max_task_durations"])
 
 
+def any_arguments(*args: Any, **kwargs: Any) -> int:
+    return len(args) + len(kwargs)
+
+
+MPIRE_INSIGHTS_KEYS = [
+    "n_completed_tasks", "start_up_time", "init_time", "waiting_time", "working_time", "exit_time",
+    "total_start_up_time", "total_init_time", "total_waiting_time", "total_working_time", "total_exit_time",
+    "top_5_max_task_durations", "top_5_max_task_args", "total_time", "start_up_ratio", "start_up_time_mean",
+    "start_up_time_std", "init_ratio", "init_time_mean", "init_time_std", "waiting_ratio", "waiting_time_mean",
+    "waiting_time_std", "working_ratio", "working_time_mean", "working_time_std", "exit_ratio", "exit_time_mean",
+    "exit_time_std",
+]
+MPIRE_DURATION = r"\d+:\d\d:\d\d(\.\d{3})?"  # timedelta's text cut to milliseconds; none for whole seconds
+
+
+def test_get_insights_has_mpire_s_keys_in_mpire_s_order_and_value_formats() -> None:
+    with WorkerPool(N_JOBS, start_method="fork", enable_insights=True) as pool:
+        pool.map(add, [(i, i) for i in range(20)], chunk_size=3)
+        insights = pool.get_insights()
+    assert list(insights) == MPIRE_INSIGHTS_KEYS
+    assert insights["exit_time"] == ["0:00:00"] * N_JOBS  # no exit hook: zero, written as MPIRE writes it
+    for key, value in insights.items():
+        if key.endswith("_ratio"):
+            assert isinstance(value, float)
+        elif key == "n_completed_tasks":
+            assert sum(value) == 20
+        elif key == "top_5_max_task_args":
+            assert len(value) == 5 and all(re.fullmatch(r"Arg 0: (\d+) \| Arg 1: \1", args) for args in value)
+        else:
+            for text in value if isinstance(value, list) else [value]:
+                assert re.fullmatch(MPIRE_DURATION, text), (key, text)
+
+
+def test_insights_name_the_task_arguments_as_mpire_does() -> None:
+    with WorkerPool(1, start_method="fork", enable_insights=True, keep_alive=True) as pool:
+        pool.map(any_arguments, [{"x": 1}, "ab", [1, 2]])
+        assert sorted(pool.get_insights()["top_5_max_task_args"]) == ["Arg 0: 'ab'", "Arg 0: 1 | Arg 1: 2",
+                                                                      "Arg x: 1"]
+        pool.apply(add, (3,), {"b": 2})
+        assert "Arg 0: 3 | Arg b: 2" in pool.get_insights()["top_5_max_task_args"]
+
+
+def test_print_insights_is_laid_out_as_mpire_s(capsys: pytest.CaptureFixture[str]) -> None:
+    with WorkerPool(N_JOBS, start_method="fork", enable_insights=True) as pool:
+        pool.map(square, range(12))
+        pool.print_insights()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["WorkerPool insights", "-------------------", "Total number of tasks completed: 12"]
+    for line, phase in zip(lines[3:8], ("start up", "init", "waiting", "working", "exit"), strict=True):
+        assert re.fullmatch(rf"Total {phase} time: {MPIRE_DURATION}s \(mean: {MPIRE_DURATION}, std: "
+                            rf"{MPIRE_DURATION}, ratio: \d+\.\d\d%\)", line), line
+    at = lines.index("Stats per worker")
+    assert lines[at + 1] == "----------------"
+    assert re.fullmatch(rf"Worker 0 - Tasks completed: \d+ - start up: {MPIRE_DURATION}s - init: {MPIRE_DURATION}s"
+                        rf" - waiting: {MPIRE_DURATION}s - working: {MPIRE_DURATION}s - exit: {MPIRE_DURATION}s",
+                        lines[at + 2])
+    top = lines.index("Top 5 longest tasks")
+    assert re.fullmatch(rf"1\. Time: {MPIRE_DURATION} - Arg 0: \d+", lines[top + 2])
+
+
+def test_mpire_durations_are_timedelta_text_cut_to_milliseconds() -> None:
+    from parallelize._pool_insights import clock_text
+
+    assert clock_text(0.0) == "0:00:00"
+    assert clock_text(1.23456) == "0:00:01.234"
+    assert clock_text(3.0) == "0:00:03"
+    assert clock_text(90_000.5) == "1 day, 1:00:00.500"
+
+
 def test_print_insights_prints_the_totals(fast_start_method: str) -> None:
     with WorkerPool(N_JOBS, start_method=fast_start_method, enable_insights=True) as pool:
         pool.map(square, range(17))
@@ -732,7 +796,15 @@ def test_get_insights_is_empty_when_insights_are_disabled_as_in_mpire(capsys: py
         pool.map(square, range(3))
         assert pool.get_insights() == {}
         pool.print_insights()
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == ("No profiling stats available. Try to run a function first with insights "
+                                       "enabled ...\n")
+
+
+def test_insights_before_any_call_are_mpire_s_no_stats_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with WorkerPool(N_JOBS, start_method="fork", enable_insights=True) as pool:
+        assert pool.get_insights() == {}
+        pool.print_insights()
+    assert capsys.readouterr().out.startswith("No profiling stats available.")
 
 
 # --- terminate -------------------------------------------------------------------------------------------------------

@@ -161,9 +161,9 @@ def _leave_forkserver() -> None:
 def _sigint_ignored() -> Iterator[None]:
     """SIGINT ignored process-wide meanwhile, when this is the main thread (the only one that may change that).
 
-    A program started meanwhile (a spawn worker, the forkserver) inherits the ignored disposition through exec,
-    so a Ctrl-C cannot end it with a traceback while it starts up; a worker has it ignored for good from
-    _child_entry on. Where the caller has SIGINT blocked, a Ctrl-C meanwhile stays pending for this process.
+    The forkserver launched meanwhile inherits the ignored disposition through exec, so a Ctrl-C cannot end it
+    with a traceback while it starts up (it ignores SIGINT itself from then on). A Ctrl-C for this process
+    arriving meanwhile is lost: keep it short and rare.
     """
     previous = (signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread()
                 else None)
@@ -179,14 +179,12 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start(process: Any, exec_child: bool) -> None:
+def _start(process: Any) -> None:
     """Start *process* from this thread, which has SIGINT and the cancel signal blocked: a forked child inherits
-    them blocked until it has installed its own handlers (see _STARTUP_BLOCKED)."""
-    if exec_child:
-        with _sigint_ignored():
-            process.start()
-    else:
-        process.start()
+    them blocked until it has installed its own handlers (see _STARTUP_BLOCKED), and so does a spawned one
+    (the mask survives exec), so a Ctrl-C cannot end it with a traceback while it imports. (Not SIGINT ignored
+    process-wide meanwhile: a Ctrl-C for the parent arriving then would be lost.)"""
+    process.start()
 
 
 class _Forker:
@@ -220,9 +218,11 @@ class _Forker:
             raise error[0]
 
     def _serve(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)  # for the children it forks (see _start)
         while True:
             start, done, error = self._requests.get()
+            # For the children it forks (see _start). Again before each: launching multiprocessing's resource
+            # tracker unblocks SIGINT in the thread that launched it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
             try:
                 start()
             except BaseException as exc:  # the caller's to handle, in its own thread
@@ -399,12 +399,20 @@ class ProcessBackend(Backend):
             self._fork_warned = _warn_if_threads(self._site)
         if self.name == "forkserver":
             # Started before signals are blocked below, or it would keep them blocked for every process it ever
-            # forks, the program's own included; with SIGINT ignored, so that a Ctrl-C cannot kill it while it
-            # starts (the next pool could not reach it then).
+            # forks, the program's own included; with SIGINT ignored while it is launched, so that a Ctrl-C cannot
+            # kill it while it starts (the next pool could not reach it then). Only then: a Ctrl-C that arrives
+            # while SIGINT is ignored is lost, and ensure_running() runs before every worker start.
             from multiprocessing import forkserver
 
-            with _sigint_ignored():
+            launched = getattr(forkserver._forkserver, "_forkserver_pid", None) is not None
+            with contextlib.nullcontext() if launched else _sigint_ignored():
                 forkserver.ensure_running()
+        elif self.name == "spawn":
+            # Launched now if need be, not inside the block below: launching it unblocks SIGINT in this thread
+            # afterwards, and the worker started next would inherit SIGINT unblocked (see _start).
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
         # Blocked until the worker is registered: a Ctrl-C in between would leave a started worker unknown to us.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
         try:
@@ -442,7 +450,7 @@ class ProcessBackend(Backend):
                 )
                 _our_processes.add(process)
                 try:
-                    _forker.run(functools.partial(_start, process, self.name == "spawn"))
+                    _forker.run(functools.partial(_start, process))
                     break
                 except (pickle.PicklingError, TypeError, AttributeError):
                     # Shared objects multiprocessing cannot pickle (a lambda inside): all by cloudpickle instead.
