@@ -98,10 +98,11 @@ def test_importing_the_package_loads_neither_wrapt_nor_multiprocessing_nor_the_e
 # What a plain first map (a decorated function, a WorkerPool) does not need, and so does not import: each costs
 # start-up time, and is imported only where some call needs it (a progress bar, a memory limit or a worker killed,
 # asyncio, numpy input, a function sent by value, a worker's death, a logged warning, n_jobs left to the CPU count,
-# a task's traceback). wrapt's Python half and inspect: only wrapt's extension is loaded (see _decorator).
+# a task's traceback, an insights text). wrapt's Python half and inspect: only wrapt's extension is loaded (see
+# _decorator).
 LAZY_MODULES = ("tqdm", "psutil", "cloudpickle", "numpy", "asyncio", "concurrent.futures", "logging",
                 "importlib.metadata", "dataclasses", "inspect", "pathlib", "difflib", "traceback", "wrapt.decorators",
-                "parallelize._cpu")
+                "datetime", "parallelize._cpu")
 FIRST_MAPS = f"""
 import sys
 before = set(sys.modules)
