@@ -6,7 +6,6 @@ selector, so a dead worker is seen the moment it dies, and nothing polls.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import ctypes
 import faulthandler
@@ -266,10 +265,7 @@ def _watch_parent(lifeline: Connection) -> None:
                 pass
         os._exit(70)
 
-    # A bare thread: threading.Thread.start() would wait until the new thread runs, a context switch on the path
-    # of every worker's start (a few ms on a loaded machine), and this one needs nothing threading adds (it is
-    # never joined, and ends with the process).
-    _thread.start_new_thread(watch, ())
+    threading.Thread(target=watch, name="parallelize-lifeline", daemon=True).start()
 
 
 def _exit_watch(process: Any, start_method: str) -> tuple[int, bool]:
