@@ -6,17 +6,15 @@ WorkerExited. Results go to their Job, which puts them back in input order (Job.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ._errors import ConfigError, ResultPicklingError
 from ._job import Job
+from ._log import logger
 from ._messages import ChunkDone, ChunkStats, RunChunk, Undecodable, WorkerExited, WorkerReady
 from ._pool_state import PoolState
 from ._serialize import TaskFailure, convert_each, loads, unpack_exception
 from ._workers import Life, WorkerSlot
-
-logger = logging.getLogger("parallelize")
 
 
 class Answers:
@@ -89,8 +87,8 @@ class Answers:
         else:
             # A hook that a later call has replaced (the call that gave it has failed already, or has finished
             # on other workers): it is no reason to fail the calls running now.
-            logger.warning("worker %d (pid %s): an earlier worker_init raised %r; a new worker takes its place",
-                           slot.worker_id, slot.pid, error)
+            logger().warning("worker %d (pid %s): an earlier worker_init raised %r; a new worker takes its place",
+                             slot.worker_id, slot.pid, error)
 
     def _exited(self, slot: WorkerSlot, message: WorkerExited) -> None:
         state = self._state
@@ -103,8 +101,8 @@ class Answers:
                 f"max_worker_memory={limit!r} bytes is below what a worker uses before running any task "
                 f"({message.rss} bytes); raise the limit"))
         elif message.reason == "memory":
-            logger.warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
-                           "restarted", slot.worker_id, slot.pid, message.rss / 2**20, (limit or 0) / 2**20)
+            logger().warning("worker %d (pid %s) uses %.0f MiB, above max_worker_memory=%.0f MiB; it was "
+                             "restarted", slot.worker_id, slot.pid, message.rss / 2**20, (limit or 0) / 2**20)
         if message.ran_exit:
             state.exit_results.append(message.exit_result)
         if state.insights is not None:

@@ -6,7 +6,7 @@ Shared by WorkerPool and the decorator, in workers and in serial mode, so every 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._chunking import ChunkSizer, in_memory, is_numpy_array, iter_chunks, iter_numpy_chunks, known_length
 from ._dispatch import PREFETCH
@@ -16,7 +16,9 @@ from ._insights import watch
 from ._job import Job
 from ._messages import CALL_APPLY, CALL_UNPACK
 from ._progress import ProgressBar
-from ._runner import Runner
+
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 
 def map_job(engine: Runner, func: Callable[..., Any], iterable: Any, *, n_jobs: int, ordered: bool,

@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 __all__ = ["cpu_count"]
 
@@ -37,8 +37,7 @@ _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
-@dataclass(frozen=True)
-class _Membership:
+class _Membership(NamedTuple):
     """One line of /proc/self/cgroup: ``hierarchy-id:controller,list:/path``."""
 
     hierarchy_id: str
@@ -46,8 +45,7 @@ class _Membership:
     path: str
 
 
-@dataclass(frozen=True)
-class _Mount:
+class _Mount(NamedTuple):
     """A cgroup filesystem mount from /proc/self/mountinfo."""
 
     root: str  # the directory of the hierarchy that is mounted (field 4)

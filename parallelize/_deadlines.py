@@ -11,14 +11,14 @@ interrupt, has its worker killed. A worker that hangs starting is killed and rep
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _clock
 from ._config import START_TIMEOUT_VARIABLE
 from ._errors import TaskTimeoutError
+from ._log import logger
 from ._pool_state import PoolState
 from ._serialize import describe_unpicklable
 from ._workers import Life, WorkerSlot
@@ -27,7 +27,6 @@ from ._workers import Life, WorkerSlot
 # for Python code to run its finally blocks, short enough that a task stuck in C code does not hold the pool.
 INTERRUPT_GRACE = 1.0
 
-logger = logging.getLogger("parallelize")
 
 
 class Due(enum.Enum):
@@ -41,8 +40,7 @@ class Due(enum.Enum):
     START = "start"  # a new worker must have reached its worker_init (or ready) by now, or it is replaced
 
 
-@dataclass
-class Interrupted:
+class Interrupted(NamedTuple):
     """A worker was asked to interrupt what it runs; *kill_at* is when the engine stops waiting for it."""
 
     due: Due  # what timed out (TASK, INIT, EXIT), or UNWIND for a cancelled job's chunk
@@ -154,8 +152,8 @@ class Deadlines:
         slot.start_by = None
         self._workers.kill(slot)
         limit = self._workers.start_timeout
-        logger.warning("worker %d (pid %s) did not finish starting within %ss; a new worker takes its place",
-                       slot.worker_id, slot.pid, limit)
+        logger().warning("worker %d (pid %s) did not finish starting within %ss; a new worker takes its place",
+                         slot.worker_id, slot.pid, limit)
         self._state.start_failed(
             f"worker {slot.worker_id}, pid {slot.pid}, did not finish starting within {limit}s and was killed; "
             f"{START_TIMEOUT_VARIABLE} sets that limit")

@@ -7,18 +7,15 @@ the call's policy), everything else the worker held is sent again.
 
 from __future__ import annotations
 
-import logging
 import signal
 
-from . import _clock
-from ._errors import WorkerDiedError
+from . import _clock, _errors
+from ._log import logger
 from ._messages import RunChunk
 from ._pool_state import PoolState
 from ._serialize import describe_unpicklable
 from ._workers import Life, WorkerSlot
 from .backends._base import EXIT_MAIN_REIMPORTED
-
-logger = logging.getLogger("parallelize")
 
 
 class Deaths:
@@ -32,8 +29,8 @@ class Deaths:
         unexpected = slot.life in (Life.STARTING, Life.SERVING, Life.EXITING)  # it did not say it was ending
         self._put_back_chunks(slot, exitcode, clock, unexpected)
         if unexpected and slot.life is not Life.STARTING and not self._state.stopping:
-            logger.warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
-                           slot.worker_id, slot.pid, describe_exitcode(exitcode))
+            logger().warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
+                             slot.worker_id, slot.pid, describe_exitcode(exitcode))
         if slot.life is Life.STARTING:
             self._died_starting(slot, exitcode)
 
@@ -62,7 +59,7 @@ class Deaths:
         """A worker died before its worker_init finished (counted towards failing the calls, see start_failed)."""
         state = self._state
         if exitcode == EXIT_MAIN_REIMPORTED:
-            state.fail_all(WorkerDiedError(
+            state.fail_all(_errors.WorkerDiedError(
                 f"worker {slot.worker_id} (start method {state.settings.start_method!r}) imports the main script "
                 "as it starts, and the script starts a pool when imported: put the code that starts pools (calls "
                 "of @parallel functions, WorkerPool) under `if __name__ == '__main__':` in the main script"))
@@ -74,13 +71,14 @@ class Deaths:
             "`if __name__ == '__main__':`, and shared objects must unpickle in a new process")
 
 
-def _death_error(slot: WorkerSlot, chunk: RunChunk, position: int | None, exitcode: int | None) -> WorkerDiedError:
+def _death_error(slot: WorkerSlot, chunk: RunChunk, position: int | None,
+                 exitcode: int | None) -> _errors.WorkerDiedError:
     if position is None:
         what = "before starting its next chunk"
     else:
         what = f"while running task {chunk.start + position} ({describe_unpicklable(chunk.items[position])})"
-    return WorkerDiedError(f"worker {slot.worker_id} (pid {slot.pid}) died with {describe_exitcode(exitcode)} "
-                           f"{what}{_exit_hint(exitcode)}")
+    return _errors.WorkerDiedError(f"worker {slot.worker_id} (pid {slot.pid}) died with "
+                                   f"{describe_exitcode(exitcode)} {what}{_exit_hint(exitcode)}")
 
 
 def describe_exitcode(exitcode: int | None) -> str:

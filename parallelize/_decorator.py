@@ -7,16 +7,16 @@ PoolHolder (_pool_cache) and runs one Job through _calls: the same path WorkerPo
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import importlib
+import importlib.machinery
 import itertools
 import multiprocessing
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
-
-import wrapt
 
 from . import _config
 from . import _validation as check
@@ -29,10 +29,14 @@ from ._insights import Insights
 from ._job import Job
 from ._pool_cache import PoolHolder
 from ._progress import ProgressBar, make_bar
-from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 from ._worker import in_worker
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from ._runner import Runner
 
 SUBMIT_ATTEMPTS = 3  # tries to submit a call when other threads keep closing the function's pool under it
 
@@ -292,6 +296,8 @@ class _Core:
     def submit(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Any]:
         options = self.resolve({})
         target = self.target(instance)
+        import concurrent.futures  # here: it costs a few ms of import time (logging with it) that maps never need
+
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         serial = self.serial_mode(options)
@@ -463,12 +469,51 @@ def _wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     raise AssertionError("unreachable: ParallelFunction handles calls itself")  # pragma: no cover
 
 
+def _wrapt_extension() -> Any:
+    """wrapt's compiled extension module, loaded on its own; None where it cannot be (wrapt's Python code is then
+    imported as usual).
+
+    The decorator needs only wrapt's FunctionWrapper and BoundFunctionWrapper, which the extension defines.
+    ``import wrapt`` also loads wrapt's pure-Python proxies, decorator factories, import hooks and patching
+    helpers, and ``inspect`` with them: about 5 ms of every program's start-up (measured with wrapt 1.17). The
+    module is registered under its own name, so a later ``import wrapt`` by the program takes this very module,
+    and wrapt's classes are the ones ParallelFunction derives from.
+    """
+    if "wrapt" in sys.modules or os.environ.get("WRAPT_DISABLE_EXTENSIONS"):
+        return None  # wrapt imported already: its classes; extensions disabled: wrapt's Python ones
+    name = "wrapt._wrappers"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        # Found as `import wrapt` would find it: the first of sys.meta_path's finders that knows it.
+        package = next(filter(None, (finder.find_spec("wrapt", None) for finder in sys.meta_path
+                                     if hasattr(finder, "find_spec"))), None)
+        if package is None or not package.submodule_search_locations:
+            return None
+        for directory in package.submodule_search_locations:
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                path = os.path.join(directory, "_wrappers" + suffix)
+                if os.path.isfile(path):
+                    loader = importlib.machinery.ExtensionFileLoader(name, path)
+                    module = loader.create_module(importlib.machinery.ModuleSpec(name, loader, origin=path))
+                    loader.exec_module(module)
+                    return sys.modules.setdefault(name, module)
+    except Exception:  # (ImportError, OSError: an extension that does not load here)
+        pass
+    return None
+
+
 if TYPE_CHECKING:
+    import wrapt
+
     _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
     _BoundFunctionWrapper = wrapt.BoundFunctionWrapper[Any, Any]
 else:
-    _FunctionWrapper = wrapt.FunctionWrapper
-    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper
+    _wrapt = _wrapt_extension()
+    if _wrapt is None:
+        import wrapt as _wrapt
+    _FunctionWrapper = _wrapt.FunctionWrapper
+    _BoundFunctionWrapper = _wrapt.BoundFunctionWrapper
 
 
 class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):

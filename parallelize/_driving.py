@@ -9,15 +9,13 @@ close, new hooks) takes the role exclusively, waking the current driver up to ha
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 from ._job import Job
+from ._log import logger
 from ._sigint import SigintHold
-
-logger = logging.getLogger("parallelize")
 
 # The longest the loop blocks in one go. A far deadline (a timeout of years) is reached by waking up again:
 # epoll takes at most ~24.8 days and a lock at most threading.TIMEOUT_MAX, anything longer raises OverflowError.
@@ -165,7 +163,7 @@ class BackgroundDriver:
         except BaseException as exc:
             # Nobody waits in this thread to see the error: hand it to every job it was serving instead of
             # leaving them unfinished for ever.
-            logger.exception("parallelize: the background driver failed")
+            logger().exception("parallelize: the background driver failed")
             with self._role.lock:
                 self._thread = None
                 jobs = list(self.jobs)

@@ -21,7 +21,6 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from . import _validation as check
@@ -205,8 +204,8 @@ class Engine:
         workers were told."""
         n_live = 0
         with self._role.exclusive():
-            self._workers.settings = replace(self.settings, worker_init=worker_init, worker_exit=worker_exit,
-                                             worker_lifespan=worker_lifespan)
+            self._workers.settings = self.settings._replace(worker_init=worker_init, worker_exit=worker_exit,
+                                                            worker_lifespan=worker_lifespan)
             init_id = None if worker_init is None else self.function_id(worker_init)
             exit_id = None if worker_exit is None else self.function_id(worker_exit)
             for replaced in self._hook_ids:  # held while they were the pool's hooks; the registry may drop them now

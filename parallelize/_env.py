@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -85,6 +84,8 @@ def warn_unknown(known: Iterable[str]) -> None:
         if not name.startswith(PREFIX) or name in known_names or name in _warned:
             continue
         _warned.add(name)
+        import difflib  # only for a misspelt variable
+
         close = difflib.get_close_matches(name, sorted(known_names), n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; known variables: {', '.join(sorted(known_names))}"
         warnings.warn(f"unknown environment variable {name} is ignored{hint}", UserWarning,

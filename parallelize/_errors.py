@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
-from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
 
 
 class ParallelError(Exception):
@@ -53,8 +53,27 @@ class ResultTimeoutError(ParallelError, multiprocessing.TimeoutError, TimeoutErr
     for either expects. The task goes on; a later ``get()`` may still return its result."""
 
 
-class WorkerDiedError(ParallelError, BrokenProcessPool):
-    """A worker process ended unexpectedly (killed by a signal, os._exit, out of memory)."""
+if TYPE_CHECKING:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class WorkerDiedError(ParallelError, BrokenProcessPool):
+        """A worker process ended unexpectedly (killed by a signal, os._exit, out of memory)."""
+
+else:
+
+    def __getattr__(name: str) -> Any:
+        # WorkerDiedError derives from BrokenProcessPool, whose module brings concurrent.futures and logging
+        # with it: ~5 ms of start-up, paid here only when a worker dies or a program names the class.
+        if name != "WorkerDiedError":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from concurrent.futures.process import BrokenProcessPool
+
+        class WorkerDiedError(ParallelError, BrokenProcessPool):
+            """A worker process ended unexpectedly (killed by a signal, os._exit, out of memory)."""
+
+            __qualname__ = "WorkerDiedError"  # pickled by name, as if defined at the top of this module
+
+        return globals().setdefault(name, WorkerDiedError)  # one class, even when two threads get here at once
 
 
 class ResultPicklingError(ParallelError, pickle.PicklingError):

@@ -16,10 +16,11 @@ that the package has not imported already.
 from __future__ import annotations
 
 import contextvars
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from ._log import debugging
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from ._insights_report import InsightsReport
     from ._job import Job
     from ._runner import Runner
-
-logger = logging.getLogger("parallelize")
 
 
 class Collector:
@@ -116,7 +115,7 @@ def watch(job: Job, runner: Runner, func: Callable[..., Any], owner: object | No
     if not collectors and not pool_wide:
         return
     job.collect = True
-    log = pool_wide and logger.isEnabledFor(logging.DEBUG)
+    log = pool_wide and debugging()
     if collectors or log:
         from ._call_record import CallRecord
 

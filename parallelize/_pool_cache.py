@@ -11,19 +11,19 @@ at interpreter exit.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine
+from ._log import logger
 from ._pool_insights import PoolInsights
-from ._runner import Runner
 from ._settings import WorkerSettings
 
-logger = logging.getLogger("parallelize")
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 EXIT_STOP_TIMEOUT = 5.0  # seconds a pool gets at interpreter exit to run exit hooks before it is killed
 
@@ -49,6 +49,7 @@ class PoolHolder:
         self._fits = fits
         self._on_replace = on_replace or self._log_replace
         self._wait_for_busy = wait_for_busy
+        self._cached = cached
         if cached:
             _holders.add(self)
 
@@ -67,6 +68,8 @@ class PoolHolder:
                 else:
                     self.retire(engine)
             engine = self.engine = self._start(settings)
+            if self._cached:
+                _close_at_exit_first()
             return engine
 
     def detach(self, engine: Runner) -> bool:
@@ -143,7 +146,7 @@ class PoolHolder:
             self.last_insights = engine.insights
 
     def _log_replace(self) -> None:
-        logger.debug("parallelize: %s: worker settings changed, starting new workers", self.name)
+        logger().debug("parallelize: %s: worker settings changed, starting new workers", self.name)
 
 
 _holders: weakref.WeakSet[PoolHolder] = weakref.WeakSet()
@@ -168,5 +171,12 @@ def _close_all() -> None:
             continue
 
 
+def _close_at_exit_first() -> None:
+    """Have _close_all run before the exit hooks registered so far. atexit runs the latest registered first, and
+    multiprocessing registers its own when its util module is first imported, which the first worker start may do:
+    run first, it would terminate daemonic workers without their exit hooks and wait for ever for the others."""
+    atexit.unregister(_close_all)
+    atexit.register(_close_all)
+
+
 os.register_at_fork(after_in_child=_forget_all)
-atexit.register(_close_all)

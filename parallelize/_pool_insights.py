@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from datetime import timedelta
 from typing import Any
 
 from ._messages import ChunkStats
@@ -89,6 +88,8 @@ class PoolInsights:
 def clock_text(seconds: float) -> str:
     """A duration as MPIRE writes it: timedelta's text cut to milliseconds ("0:00:01.234"; "0:00:00" for a whole
     number of seconds, "1 day, 0:00:00.500" past a day)."""
+    from datetime import timedelta  # (only for an insights text: start-up time otherwise)
+
     text = str(timedelta(seconds=seconds))
     whole, _, fraction = text.partition(".")
     return f"{whole}.{fraction[:3]}" if fraction else whole

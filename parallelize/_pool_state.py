@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _errors  # its WorkerDiedError is made on first use (see there)
 from ._config import worker_start_timeout
-from ._errors import WorkerDiedError
 from ._functions import FunctionRegistry
 from ._job import Job
 from ._pool_insights import PoolInsights
@@ -79,8 +79,8 @@ class PoolState:
         the calls fail instead of waiting on endless replacements. *what* describes the last one."""
         self.start_failures += 1
         if self.start_failures >= MAX_START_FAILURES:
-            self.fail_all(WorkerDiedError(f"{self.start_failures} workers in a row failed to start, before running "
-                                          f"any task (the last: {what})"))
+            self.fail_all(_errors.WorkerDiedError(f"{self.start_failures} workers in a row failed to start, before "
+                                                  f"running any task (the last: {what})"))
 
     def fail_all(self, error: BaseException) -> None:
         for job in self.jobs + self.incoming:

@@ -13,7 +13,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ._errors import PoolClosedError
@@ -66,8 +65,8 @@ class SerialWorker:
     def update_hooks(self, worker_init: Callable[..., Any] | None, worker_exit: Callable[..., Any] | None,
                      worker_lifespan: int | None) -> int:
         """As Engine.update_hooks for the one live worker: a new worker_init runs only if none has run."""
-        self.settings = replace(self.settings, worker_init=worker_init, worker_exit=worker_exit,
-                                worker_lifespan=worker_lifespan)
+        self.settings = self.settings._replace(worker_init=worker_init, worker_exit=worker_exit,
+                                               worker_lifespan=worker_lifespan)
         self._init(worker_init)
         return 1
 

@@ -13,7 +13,6 @@ import functools
 import io
 import pickle
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -302,6 +301,8 @@ def _dump_exception_by_value(exc: BaseException) -> bytes:
 def pack_exception(exc: BaseException, index: int = -1) -> TaskFailure:
     """Capture *exc* with its traceback text (from the user's first frame: the worker's own loop is noise);
     pickle it if possible."""
+    import traceback  # on a task's failure only: with linecache and tokenize it costs a few ms of start-up
+
     tb_text = "".join(traceback.format_exception(type(exc), exc, skip_leading_library_frames(exc.__traceback__)))
     payload: bytes | None = None
     bare = exc.with_traceback(None)

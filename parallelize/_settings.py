@@ -1,15 +1,14 @@
 """What a pool's workers are made with: fixed for a worker's life, so a change means new workers.
 
 The decorator builds these from its resolved options (``from_options``), a WorkerPool keeps one and replaces
-fields of it, and the engine hands the per-worker part to each worker it starts (``WorkerSpec`` in the worker's
-module), under the same names as the public options.
+fields of it, and the engine hands them, with each worker's own part, to each worker it starts (``WorkerSpec`` in
+the worker's module), under the same names as the public options.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ._config import Options
@@ -19,11 +18,15 @@ _COMPARED_BY_VALUE = ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worke
 _COMPARED_BY_IDENTITY = ("shared_objects", "worker_init", "worker_exit")
 
 
-@dataclass(frozen=True, kw_only=True)
-class WorkerOptions:
-    """What every worker of a pool runs with, under the public options' names; the worker gets these as they
-    are (``WorkerSpec`` adds what is its own)."""
+# A NamedTuple rather than a frozen dataclass: dataclasses take ~1 ms per class to build at import, and bring
+# inspect with them (~4 ms), which a program's start-up would pay for nothing else.
+class WorkerSettings(NamedTuple):
+    """Everything fixed for a pool's workers; a change means new workers. Compare with ``same_workers``."""
 
+    n_jobs: int
+    start_method: str
+    daemon: bool = True
+    cpu_ids: tuple[tuple[int, ...] | None, ...] = ()
     shared_objects: Any = None
     pass_worker_id: bool = False
     worker_state: bool = False
@@ -33,25 +36,11 @@ class WorkerOptions:
     max_worker_memory: int | None = None  # bytes of memory after which a worker ends itself (between chunks)
     enable_insights: bool = False
 
-    def worker_options(self) -> dict[str, Any]:
-        """These fields alone, by name (to make a WorkerSpec from WorkerSettings)."""
-        return {f.name: getattr(self, f.name) for f in fields(WorkerOptions)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkerSettings(WorkerOptions):
-    """Everything fixed for a pool's workers; a change means new workers."""
-
-    n_jobs: int
-    start_method: str
-    daemon: bool = True
-    cpu_ids: tuple[tuple[int, ...] | None, ...] = ()
-
     @classmethod
     def from_options(cls, options: Options) -> WorkerSettings:
         """The worker part of one call's resolved options: the fields of the same names. (A WorkerPool keeps a
         WorkerSettings itself, its setters replace fields of it, and each call adds its hooks and lifespan.)"""
-        return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
+        return cls(**{name: getattr(options, name) for name in cls._fields})
 
     def same_workers(self, other: WorkerSettings) -> bool:
         """Equal settings, comparing objects by identity (an ndarray has no usable ==)."""

@@ -7,7 +7,7 @@ import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import ConfigError
@@ -95,12 +95,13 @@ def n_jobs_value(name: str, value: Any) -> int | None:
     return value
 
 
-def n_jobs(value: Any, available: int) -> int:
-    """None means every available CPU; -k means all but k-1 (at least 1)."""
+def n_jobs(value: Any, available: Callable[[], int]) -> int:
+    """None means every available CPU; -k means all but k-1 (at least 1). *available* counts them, called only
+    then (cpu_count reads the cgroup files)."""
     checked = n_jobs_value("n_jobs", value)
     if checked is None:
-        return available
-    return checked if checked > 0 else max(1, available + 1 + checked)
+        return available()
+    return checked if checked > 0 else max(1, available() + 1 + checked)
 
 
 def cpu_sets(name: str, value: Any) -> tuple[tuple[int, ...], ...]:

@@ -16,8 +16,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import _clock
 from ._chunking import is_numpy_array
@@ -38,7 +37,7 @@ from ._messages import (
     WorkerReady,
 )
 from ._serialize import ResultUnpicklable, TaskFailure, describe_unpicklable, loads, pack_exception
-from ._settings import WorkerOptions
+from ._settings import WorkerSettings
 from ._task_timer import TaskTimes
 
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between RSS checks when max_worker_memory is set
@@ -72,12 +71,12 @@ class ChunkCancelled(BaseException):
     in user code must not swallow it)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class WorkerSpec(WorkerOptions):
-    """Everything a worker needs for its whole life: the pool's worker options and its own part."""
+class WorkerSpec(NamedTuple):
+    """Everything a worker needs for its whole life: the pool's settings and its own part."""
 
     worker_id: int
-    functions: dict[int, Callable[..., Any]] = field(default_factory=dict)
+    settings: WorkerSettings
+    functions: dict[int, Callable[..., Any]]  # the functions the parent knew when it started the worker
     cpu_ids: tuple[int, ...] | None = None
     created_at: float = 0.0  # time.time() when the parent started the worker
 
@@ -177,16 +176,18 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
     started = time.time()
     _thread_state.active = True
     _Running.worker_id = spec.worker_id
-    prefix = leading_arguments(spec.worker_id, spec.pass_worker_id, spec.shared_objects, spec.worker_state)
-    measure_waits = spec.enable_insights  # (MPIRE's waiting time: for the pool's whole life, see _pool_insights)
+    settings = spec.settings
+    prefix = leading_arguments(spec.worker_id, settings.pass_worker_id, settings.shared_objects,
+                               settings.worker_state)
+    measure_waits = settings.enable_insights  # (MPIRE's waiting time: for the pool's whole life, see _pool_insights)
     waited = 0.0
 
     start_up = max(0.0, started - spec.created_at) if spec.created_at else 0.0
-    if not _initialise(spec.worker_init, prefix, channel, clock, spec.worker_id, start_up):
+    if not _initialise(settings.worker_init, prefix, channel, clock, spec.worker_id, start_up):
         return
-    init_ran = spec.worker_init is not None
-    worker_exit = spec.worker_exit
-    lifespan = spec.worker_lifespan
+    init_ran = settings.worker_init is not None
+    worker_exit = settings.worker_exit
+    lifespan = settings.worker_lifespan
 
     # This worker's own copy of the registry (made for it when it started), kept in step by the parent's messages.
     functions = spec.functions
@@ -210,10 +211,10 @@ def run_worker(spec: WorkerSpec, channel: Channel, clock: Clock) -> None:
         if lifespan is not None and n_done >= lifespan:
             reason = "lifespan"
             break
-        if spec.max_worker_memory is not None and time.monotonic() >= next_memory_check:
+        if settings.max_worker_memory is not None and time.monotonic() >= next_memory_check:
             next_memory_check = time.monotonic() + MEMORY_CHECK_INTERVAL
             rss = _rss()
-            if rss > spec.max_worker_memory:
+            if rss > settings.max_worker_memory:
                 reason = "memory"
                 break
         t_wait = time.perf_counter()

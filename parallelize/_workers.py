@@ -18,7 +18,6 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, MutableSequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._settings import WorkerSettings
@@ -42,26 +41,28 @@ class Life(enum.Enum):
     KILLED = "killed"  # being killed: its late answers are ignored
 
 
-@dataclass
 class WorkerSlot:
     """One worker position (its worker_id) and the worker in it now."""
 
-    worker_id: int
-    key: int | None = None  # the backend's name for the worker
-    pid: int | None = None
-    life: Life = Life.VACANT
-    inflight: deque[tuple[Job, RunChunk]] = field(default_factory=deque)  # sent, in the order it answers them
-    n_assigned: int = 0  # tasks sent to this worker (its lifespan counts them)
-    known_funcs: set[int] = field(default_factory=set)
-    init_hook: Callable[..., Any] | None = None  # the worker_init this worker runs or ran (it runs at most one)
-    stop_sent: bool = False  # told to stop: takes no new chunks, exits once those in flight are answered
-    answered: bool = False  # has returned a chunk
-    # Has returned a chunk since the last dispatch: its queue moves, so it may queue as deep as short chunks do (a
-    # worker on a long task returns nothing, and gets no more than PREFETCH chunks behind it).
-    flowing: bool = False
-    exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
-    interrupted: Interrupted | None = None  # asked to interrupt what it runs, and until when it may take
-    start_by: float | None = None  # monotonic time its start must have reached worker_init (or ready) by
+    def __init__(self, worker_id: int, *, key: int | None = None, pid: int | None = None, life: Life = Life.VACANT,
+                 known_funcs: set[int] | None = None, init_hook: Callable[..., Any] | None = None,
+                 start_by: float | None = None) -> None:
+        self.worker_id = worker_id
+        self.key = key  # the backend's name for the worker
+        self.pid = pid
+        self.life = life
+        self.inflight: deque[tuple[Job, RunChunk]] = deque()  # sent, in the order it answers them
+        self.n_assigned = 0  # tasks sent to this worker (its lifespan counts them)
+        self.known_funcs: set[int] = set() if known_funcs is None else known_funcs
+        self.init_hook = init_hook  # the worker_init this worker runs or ran (it runs at most one)
+        self.stop_sent = False  # told to stop: takes no new chunks, exits once those in flight are answered
+        self.answered = False  # has returned a chunk
+        # Has returned a chunk since the last dispatch: its queue moves, so it may queue as deep as short chunks do
+        # (a worker on a long task returns nothing, and gets no more than PREFETCH chunks behind it).
+        self.flowing = False
+        self.exit_timeout: float | None = None  # from the calls running when its exit began (or the latest call)
+        self.interrupted: Interrupted | None = None  # asked to interrupt what it runs, and until when it may take
+        self.start_by = start_by  # monotonic time its start must have reached worker_init (or ready) by
 
     # --- transitions ---
 
@@ -139,12 +140,8 @@ class Workers:
         settings = self.settings
         key = next(self._keys)
         self.backend.start_worker(key, WorkerSpec(
-            worker_id=slot.worker_id,
-            functions=functions,
-            cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
-            created_at=time.time(),
-            **settings.worker_options(),
-        ))
+            slot.worker_id, settings, functions, cpu_ids=settings.cpu_ids[slot.worker_id] if settings.cpu_ids else None,
+            created_at=time.time()))
         fresh = WorkerSlot(slot.worker_id, key=key, pid=self.backend.pid(key), life=Life.STARTING,
                            known_funcs=set(functions), init_hook=settings.worker_init,
                            start_by=None if self.start_timeout is None else time.monotonic() + self.start_timeout)

@@ -8,36 +8,31 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import multiprocessing
 import queue
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import replace
-from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from . import _validation as check
 from ._calls import apply_job, map_job, run
 from ._chunking import is_numpy_array
-from ._cpu import cpu_count
 from ._engine import Engine
 from ._errors import PoolBusyError, ResultTimeoutError
-from ._frames import hide_library_frames, hides_library_frames
+from ._frames import hide_library_frames, hides_library_frames, user_stacklevel
 from ._job import Job
+from ._log import logger
 from ._messages import CALL_MPIRE
 from ._pool_cache import PoolHolder
 from ._pool_insights import NO_STATS, PoolInsights
 from ._progress import callable_name, check_progress, make_bar
-from ._runner import Runner
 from ._serial import SerialWorker
 from ._settings import WorkerSettings
 
-logger = logging.getLogger("parallelize")
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 
 class AsyncResult:
@@ -68,7 +63,7 @@ class AsyncResult:
             elif error is None and self._callback is not None:
                 self._callback(value)
         except Exception:  # a failing callback must not break the loop that serves every job
-            logger.exception("an apply_async callback raised")
+            logger().exception("an apply_async callback raised")
 
     def ready(self) -> bool:
         return self._done.is_set()
@@ -111,9 +106,9 @@ class WorkerPool:
         if n_jobs is None or (n_jobs == 0 and not isinstance(n_jobs, bool)):  # MPIRE: 0 means all CPUs too
             # The default, and only the default, is capped by PARALLELIZE_MAX_CPU: an explicit n_jobs wins.
             cap = _config.max_cpu()
-            n_jobs = cpu_count() if cap is None else min(cpu_count(), cap)
+            n_jobs = _config.cpu_count() if cap is None else min(_config.cpu_count(), cap)
         else:
-            n_jobs = check.n_jobs(n_jobs, cpu_count())
+            n_jobs = check.n_jobs(n_jobs, _config.cpu_count)
         # What every call's workers are made with; a call adds its hooks and lifespan (_settings).
         self._workers = WorkerSettings(
             n_jobs=n_jobs, daemon=check.flag("daemon", daemon), cpu_ids=check.cpu_ids(cpu_ids, n_jobs),
@@ -141,17 +136,17 @@ class WorkerPool:
         return self._pool.engine
 
     def pass_on_worker_id(self, pass_on: bool = True) -> None:
-        self._workers = replace(self._workers, pass_worker_id=check.flag("pass_on", pass_on))
+        self._workers = self._workers._replace(pass_worker_id=check.flag("pass_on", pass_on))
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
         # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
         # (numpy arrays) count as changed unless they are the same object.
         current = self._workers.shared_objects
         if shared_objects is not current and not _equal(shared_objects, current):
-            self._workers = replace(self._workers, shared_objects=shared_objects)
+            self._workers = self._workers._replace(shared_objects=shared_objects)
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
-        self._workers = replace(self._workers, worker_state=check.flag("use_worker_state", use_worker_state))
+        self._workers = self._workers._replace(worker_state=check.flag("use_worker_state", use_worker_state))
 
     def set_keep_alive(self, keep_alive: bool = True) -> None:
         self._keep_alive = check.flag("keep_alive", keep_alive)
@@ -383,8 +378,8 @@ class WorkerPool:
         for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable or None, got {hook!r}")
-        return replace(self._workers, worker_init=worker_init, worker_exit=worker_exit,
-                       worker_lifespan=worker_lifespan)
+        return self._workers._replace(worker_init=worker_init, worker_exit=worker_exit,
+                                      worker_lifespan=worker_lifespan)
 
     def _engine_for(self, settings: WorkerSettings, *, change_hooks: bool) -> Runner:
         """The running workers if they fit *settings*, else new ones.
@@ -413,7 +408,7 @@ class WorkerPool:
             if hooks_changed and (settings.worker_init is not None or settings.worker_exit is not None):
                 warnings.warn("apply/apply_async: the workers are running already, so the worker_init and "
                               "worker_exit given here are not used (the running workers keep theirs)",
-                              RuntimeWarning, stacklevel=_user_stacklevel())
+                              RuntimeWarning, stacklevel=user_stacklevel())
             return
         if not hooks_changed and settings.worker_lifespan == current.worker_lifespan:
             return
@@ -421,7 +416,7 @@ class WorkerPool:
             warnings.warn("worker_init/worker_exit changed while the workers are alive: they keep running with "
                           "their state; a new worker_init runs only in a worker that has run none yet, and the "
                           "latest worker_exit runs when the workers stop", RuntimeWarning,
-                          stacklevel=_user_stacklevel())
+                          stacklevel=user_stacklevel())
 
     def _after_call(self, engine: Runner, failed: bool) -> None:
         if self._keep_alive or self._active_calls or engine.has_async_jobs() or not self._pool.detach(engine):
@@ -454,13 +449,13 @@ class ThreadingContext:
 
 def _same_processes(current: WorkerSettings, settings: WorkerSettings) -> bool:
     """Whether workers started with *current* can serve a call with *settings*: hooks and lifespan aside."""
-    return current.same_workers(replace(settings, worker_init=current.worker_init, worker_exit=current.worker_exit,
-                                        worker_lifespan=current.worker_lifespan))
+    return current.same_workers(settings._replace(worker_init=current.worker_init, worker_exit=current.worker_exit,
+                                                  worker_lifespan=current.worker_lifespan))
 
 
 def _log_restart() -> None:
-    logger.warning("WorkerPool: pass_worker_id, shared_objects or use_worker_state changed while workers were alive; "
-                   "starting new workers")
+    logger().warning("WorkerPool: pass_worker_id, shared_objects or use_worker_state changed while workers were "
+                     "alive; starting new workers")
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -468,16 +463,6 @@ def _equal(a: Any, b: Any) -> bool:
         return (a == b) is True
     except Exception:  # an == that raises is not equality
         return False
-
-
-def _user_stacklevel() -> int:
-    """The stacklevel of a warning that names the first caller outside this package."""
-    package = str(Path(__file__).parent)
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _context(start_method: str) -> Any:

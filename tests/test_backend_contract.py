@@ -34,6 +34,7 @@ from parallelize._messages import (
     WorkerReady,
 )
 from parallelize._serialize import dumps, unpack_exception
+from parallelize._settings import WorkerSettings
 from parallelize._worker import WorkerSpec
 from parallelize.backends import Backend, create_backend
 from parallelize.backends._base import Event, Exited, Received
@@ -159,8 +160,8 @@ class Recorder:
 
 
 def start(backend: Backend, key: int, release: Any, worker_id: int = 0) -> None:
-    spec = WorkerSpec(worker_id=worker_id, functions=dict(FUNCTIONS), shared_objects=release,
-                      created_at=time.time())
+    settings = WorkerSettings(n_jobs=1, start_method=backend.name, shared_objects=release)
+    spec = WorkerSpec(worker_id, settings, dict(FUNCTIONS), created_at=time.time())
     backend.start_worker(key, spec)
 
 

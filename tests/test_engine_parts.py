@@ -3,7 +3,6 @@ driven through a fake backend that records what the engine asked of it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, MutableSequence
@@ -185,7 +184,7 @@ def test_a_task_past_its_timeout_is_interrupted_then_its_worker_killed_after_the
     deadlines.enforce()
     assert backend.interrupted == [slot.key] and clock[_clock.TIMEOUT_NS] == clock[_clock.START_NS]
     assert slot.interrupted is not None and slot.interrupted.due is Due.TASK and not backend.killed
-    slot.interrupted.kill_at = time.monotonic() - 1  # the grace is over and the task still runs
+    slot.interrupted = slot.interrupted._replace(kill_at=time.monotonic() - 1)  # the grace is over, the task runs
     deadlines.enforce()
     assert backend.killed == [slot.key] and slot.life is Life.KILLED
     assert isinstance(job.error, TaskTimeoutError) and "task 1 (2)" in str(job.error)
@@ -322,7 +321,7 @@ def test_a_worker_init_handed_over_while_starting_that_fails_ends_the_worker_qui
     dispatcher.dispatch()
     slot = state.workers.slots[0]
     assert slot.key is not None and slot.life is Life.STARTING
-    state.workers.settings = dataclasses.replace(state.settings, worker_init=abs)
+    state.workers.settings = state.settings._replace(worker_init=abs)
     slot.init_hook = abs
     slot.init_runs_again()  # still starting: nothing to change
     answers = Answers(state)

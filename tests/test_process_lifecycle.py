@@ -304,3 +304,32 @@ def test_a_decorated_function_defined_under_the_main_guard_runs_under_spawn(tmp_
     done = run_program(tmp_path, code, start_method)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 3, 6, 9] [0, 3] [1]"
+
+
+# --- interpreter exit --------------------------------------------------------------------------------------------
+
+EXIT_HOOK_PROGRAM = """
+import os, sys
+from parallelize import parallel
+
+@parallel(n_jobs=2, daemon=sys.argv[2] == "daemon")
+def square(x):
+    return x * x
+
+@square.worker_exit
+def leave_a_mark():
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+
+print(sum(square(range(10))))
+"""
+
+
+@pytest.mark.parametrize("daemon", ["daemon", "not daemon"])
+def test_the_decorators_pools_run_their_exit_hooks_at_interpreter_exit(tmp_path: Path, daemon: str) -> None:
+    # multiprocessing's own exit hook, registered when it first starts a process, terminates daemonic workers
+    # (without their exit hooks) and waits for the others (which wait for their STOP): the pools must close first.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    done = run_program(tmp_path, EXIT_HOOK_PROGRAM, str(marks), daemon, limit=30)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "285", "")
+    assert len(list(marks.iterdir())) == 2

@@ -93,3 +93,65 @@ def test_importing_the_package_loads_neither_wrapt_nor_multiprocessing_nor_the_e
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
     assert out.stderr == ""
+
+
+# What a plain first map (a decorated function, a WorkerPool) does not need, and so does not import: each costs
+# start-up time, and is imported only where some call needs it (a progress bar, a memory limit or a worker killed,
+# asyncio, numpy input, a function sent by value, a worker's death, a logged warning, n_jobs left to the CPU count,
+# a task's traceback, an insights text). wrapt's Python half and inspect: only wrapt's extension is loaded (see
+# _decorator).
+LAZY_MODULES = ("tqdm", "psutil", "cloudpickle", "numpy", "asyncio", "concurrent.futures", "logging",
+                "importlib.metadata", "dataclasses", "inspect", "pathlib", "difflib", "traceback", "wrapt.decorators",
+                "datetime", "parallelize._cpu")
+FIRST_MAPS = f"""
+import sys
+before = set(sys.modules)
+from parallelize import WorkerPool, parallel
+
+def square(x):
+    return x * x
+
+assert parallel(n_jobs=2)(square)(range(10)) == [x * x for x in range(10)]
+with WorkerPool(2) as pool:
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+print(sorted(m for m in {LAZY_MODULES!r} if m in sys.modules and m not in before))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_first_map_imports_none_of_the_modules_only_some_calls_need() -> None:
+    # (Modules the interpreter had loaded before, by a site hook say, do not count.)
+    out = subprocess.run([sys.executable, "-c", FIRST_MAPS], capture_output=True, text=True, cwd=REPO, timeout=50,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "[]", "")
+
+
+WRAPT_PROGRAM = """
+import sys
+if sys.argv[1] == "wrapt first":
+    import wrapt
+from parallelize import ParallelFunction, parallel
+import wrapt
+
+@parallel(backend="serial")
+def double(x):
+    return 2 * x
+
+assert isinstance(double, wrapt.FunctionWrapper) and issubclass(ParallelFunction, wrapt.FunctionWrapper)
+assert double([1, 2]) == [2, 4] and double.__name__ == "double"
+print("ok")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("order", "extensions"), [("wrapt first", "on"), ("wrapt after", "on"),
+                                                   ("wrapt after", "disabled")])
+def test_the_decorator_is_a_wrapt_function_wrapper_however_wrapt_is_loaded(order: str, extensions: str) -> None:
+    # The decorator loads wrapt's compiled extension alone (see _decorator); a program that imports wrapt, before
+    # or after, must see the same classes, and WRAPT_DISABLE_EXTENSIONS (wrapt's Python classes) must still work.
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    if extensions == "disabled":
+        env["WRAPT_DISABLE_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-c", WRAPT_PROGRAM, order], capture_output=True, text=True, cwd=REPO,
+                         timeout=50, env=env)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "ok", "")

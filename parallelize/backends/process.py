@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import faulthandler
 import functools
 import multiprocessing
@@ -74,12 +73,14 @@ class _SpawnSpec:
     ctypes may be passed."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        self.code = dumps_by_value((spec.functions, spec.worker_init, spec.worker_exit))
-        self.rest = dataclasses.replace(spec, functions={}, worker_init=None, worker_exit=None)
+        settings = spec.settings
+        self.code = dumps_by_value((spec.functions, settings.worker_init, settings.worker_exit))
+        self.rest = spec._replace(functions={}, settings=settings._replace(worker_init=None, worker_exit=None))
 
     def build(self) -> WorkerSpec:
         functions, worker_init, worker_exit = loads(self.code)
-        return dataclasses.replace(self.rest, functions=functions, worker_init=worker_init, worker_exit=worker_exit)
+        settings = self.rest.settings._replace(worker_init=worker_init, worker_exit=worker_exit)
+        return self.rest._replace(functions=functions, settings=settings)
 
 
 def _child_entry(spec_payload: WorkerSpec | _SpawnSpec | bytes, task_conn: Connection, result_conn: Connection,
