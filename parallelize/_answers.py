@@ -21,7 +21,8 @@ class Answers:
     def __init__(self, state: PoolState) -> None:
         self._state = state
 
-    def on_message(self, key: int, message: Any) -> None:
+    def on_message(self, key: int, message: Any, size: int = 0) -> None:
+        """*message* from the worker *key*, which took *size* bytes on its way (0 if unknown)."""
         slot = self._state.workers.by_key(key)
         if slot is None:
             return  # from a worker already given up on (a disowned thread)
@@ -29,7 +30,7 @@ class Answers:
         if kind is ChunkDone:
             if slot.life is not Life.KILLED:
                 # (A worker being killed, for a timeout, say: what it still had is sent again when it has exited.)
-                self._chunk_done(slot, message)
+                self._chunk_done(slot, message, size)
         elif kind is Undecodable:
             if slot.life is not Life.KILLED:
                 self._undecodable(slot, message.error)
@@ -39,9 +40,10 @@ class Answers:
             assert kind is WorkerExited
             self._exited(slot, message)
 
-    def _chunk_done(self, slot: WorkerSlot, message: ChunkDone) -> None:
+    def _chunk_done(self, slot: WorkerSlot, message: ChunkDone, size: int) -> None:
         state = self._state
         job, chunk = slot.inflight.popleft()
+        job.result_bytes = size
         slot.answered = slot.flowing = True
         if slot.interrupted is not None and slot.interrupted.tag == chunk.tag:
             slot.interrupted = None  # the interrupted task returned (or raised) in time

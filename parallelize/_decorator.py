@@ -504,10 +504,9 @@ def _wrapt_extension() -> Any:
 
 
 if TYPE_CHECKING:
-    import wrapt
-
-    _FunctionWrapper = wrapt.FunctionWrapper[Any, Any]
-    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper[Any, Any]
+    # wrapt 1.x ships no types (Any to mypy), 2.x generic classes: the class statements below ignore both.
+    from wrapt import BoundFunctionWrapper as _BoundFunctionWrapper
+    from wrapt import FunctionWrapper as _FunctionWrapper
 else:
     _wrapt = _wrapt_extension()
     if _wrapt is None:
@@ -516,7 +515,7 @@ else:
     _BoundFunctionWrapper = _wrapt.BoundFunctionWrapper
 
 
-class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
+class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):  # type: ignore[misc, type-arg, unused-ignore]
     """A decorated method accessed through an instance or class."""
 
     @property
@@ -538,7 +537,7 @@ class BoundParallelFunction(_BoundFunctionWrapper, _Methods[P, R]):
         return self._self_core.map_all(self._instance(), (iterable, *iterables), options, ordered=True)
 
 
-class ParallelFunction(_FunctionWrapper, _Methods[P, R]):
+class ParallelFunction(_FunctionWrapper, _Methods[P, R]):  # type: ignore[misc, type-arg, unused-ignore]
     """A function that, called on an iterable, runs on a pool of workers. See ``parallel``.
 
     ``f(xs)`` runs the function on every item of *xs* in worker processes and returns the results in input order

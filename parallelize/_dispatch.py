@@ -26,6 +26,9 @@ PREFETCH = 2  # chunks queued per worker at least: it never idles waiting for th
 # workers idle for long at the end of a map.
 QUEUED_SECONDS = 0.002
 MAX_QUEUED = 64
+# ...and beyond PREFETCH, no more than about what a pipe holds, in arguments and results: large chunks gain nothing
+# from a deep queue (their own copying dwarfs a wake-up), and would fill the parent's memory and shared memory.
+QUEUED_BYTES = 1 << 20
 
 
 class Dispatcher:
@@ -73,9 +76,11 @@ class Dispatcher:
         if not per_task or not job.last_size:
             return PREFETCH
         chunk_seconds = per_task * job.last_size
-        if chunk_seconds * MAX_QUEUED <= QUEUED_SECONDS:
-            return MAX_QUEUED
-        return max(PREFETCH, int(QUEUED_SECONDS / chunk_seconds))
+        depth = MAX_QUEUED if chunk_seconds * MAX_QUEUED <= QUEUED_SECONDS else int(QUEUED_SECONDS / chunk_seconds)
+        moved = job.chunk_bytes + job.result_bytes
+        if moved:
+            depth = min(depth, QUEUED_BYTES // moved)
+        return max(PREFETCH, depth)
 
     def teach(self, slot: WorkerSlot, func_id: int) -> None:
         """Send the worker in *slot* a function it does not know yet."""
@@ -141,7 +146,7 @@ class Dispatcher:
         if chunk.func_id not in slot.known_funcs:
             self.teach(slot, chunk.func_id)
         try:
-            self._workers.backend.send(slot.key, chunk, hold=hold)
+            job.chunk_bytes = self._workers.backend.send(slot.key, chunk, hold=hold)
         except Exception as exc:
             job.requeue(chunk)  # balance the bookkeeping; the job fails just below
             job.fail(_unpicklable_arguments(chunk, exc))

@@ -300,7 +300,7 @@ class Engine:
             wait = timeout if wait is None else min(wait, timeout)
         for event in self.backend.wait(None if wait is None else min(wait, MAX_WAIT)):
             if type(event) is Received:
-                self._answers.on_message(event.key, event.message)
+                self._answers.on_message(event.key, event.message, event.size)
             else:
                 assert type(event) is Exited
                 self._deaths.on_exit(event.key, event.exitcode, event.clock)

@@ -106,6 +106,9 @@ class Job:
         self._handed_out: list[Any] | None = None  # the batch the caller is reading now (see withdraw_results)
         self.exhausted = False
         self.last_size = 0  # items in the last chunk read from the input, 0 before the first (sizes queues)
+        # Bytes its last chunk took to send, and its last results to come back (0: passed as objects): sizes queues.
+        self.chunk_bytes = 0
+        self.result_bytes = 0
         self.n_active_chunks = 0
         self.n_active_tasks = 0
         self.n_completed_tasks = 0

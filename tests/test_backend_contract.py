@@ -272,6 +272,24 @@ def test_a_worker_whose_loop_raises_exits_with_a_positive_status(case: BackendCa
 
 
 @every_backend
+def test_send_and_received_say_how_many_bytes_a_message_took(case: BackendCase, backend: Backend,
+                                                             release: Any) -> None:
+    events = Recorder(backend)
+    start_ready(backend, events, 1, release)
+    small = backend.send(1, run_chunk(1, [1]))
+    large = backend.send(1, run_chunk(2, [bytes(1 << 20)]))  # out of band: shared memory or the pipe
+    over = backend.send(1, run_chunk(3, [bytes(40 << 20)]))  # more than the shared memory holds
+    events.wait_message(1, ChunkDone, 3)
+    answers = [e.size for e in events.events if type(e) is Received and type(e.message) is ChunkDone]
+    if case.serialises:
+        assert 0 < small < 1000 and (1 << 20) <= large < (1 << 20) + 1000 and over >= (40 << 20)
+        assert 0 < answers[0] < 1000 and (1 << 20) <= answers[1] < (1 << 20) + 1000 and answers[2] >= (40 << 20)
+    else:
+        assert small == large == over == 0  # handed over as objects
+        assert answers == [0, 0, 0]
+
+
+@every_backend
 def test_a_message_that_cannot_be_pickled_raises_in_send_and_nothing_is_sent(case: BackendCase, backend: Backend,
                                                                              release: Any) -> None:
     events = Recorder(backend)

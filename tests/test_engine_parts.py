@@ -15,7 +15,7 @@ from parallelize._answers import Answers
 from parallelize._chunking import ChunkSizer, in_memory, iter_chunks
 from parallelize._deadlines import INTERRUPT_GRACE, Deadlines, Due
 from parallelize._deaths import Deaths
-from parallelize._dispatch import MAX_QUEUED, PREFETCH, QUEUED_SECONDS, Dispatcher
+from parallelize._dispatch import MAX_QUEUED, PREFETCH, QUEUED_BYTES, QUEUED_SECONDS, Dispatcher
 from parallelize._driving import DriverRole
 from parallelize._errors import ConfigError, TaskTimeoutError, WorkerDiedError
 from parallelize._job import Job
@@ -40,6 +40,7 @@ class FakeBackend(Backend):
         self.started: dict[int, WorkerSpec] = {}
         self.sent: list[tuple[int, Any]] = []
         self.held: list[tuple[int, Any]] = []  # sent with hold=True, not written yet
+        self.message_bytes = 0  # what send() says each message takes
         self.interrupted: list[int] = []
         self.killed: list[int] = []
         self.clocks: dict[int, list[int]] = {}
@@ -48,13 +49,14 @@ class FakeBackend(Backend):
         self.started[key] = spec
         self.clocks[key] = [0] * _clock.SIZE
 
-    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> int:
         if hold:
             self.held.append((key, message))
-            return
+            return self.message_bytes
         self.sent += [(k, m) for k, m in self.held if k == key]  # written first, in order
         self.held = [(k, m) for k, m in self.held if k != key]
         self.sent.append((key, message))
+        return self.message_bytes
 
     def write_held(self) -> None:
         self.sent += self.held
@@ -400,6 +402,27 @@ def test_short_chunks_queue_deeper_up_to_about_queued_seconds_of_work_per_worker
     assert [len(slot.inflight) for slot in state.workers.slots] == [5, 5]
     dispatcher.dispatch()
     assert not any(slot.flowing for slot in state.workers.slots)  # until they answer again
+
+
+def test_large_chunks_or_results_queue_no_deeper_than_about_a_pipe_full() -> None:
+    state, backend, dispatcher = pool(2)
+    job = make_job(state, list(range(1000)), 10)
+    state.jobs.append(job)
+    backend.message_bytes = QUEUED_BYTES // 4  # a quarter of what a deep queue may hold, per chunk
+    dispatcher.dispatch()
+    state.task_seconds[job.func_id] = 1e-12  # short: deep queues, as far as time goes
+    assert job.chunk_bytes == QUEUED_BYTES // 4  # learned as its chunks are sent
+    assert dispatcher.queue_depth(job) == 4
+    job.chunk_bytes = QUEUED_BYTES * 2
+    assert dispatcher.queue_depth(job) == PREFETCH
+    job.chunk_bytes = 100
+    assert dispatcher.queue_depth(job) == MAX_QUEUED
+    slot = state.workers.slots[0]
+    assert slot.key is not None
+    _, chunk = slot.inflight[0]
+    Answers(state).on_message(slot.key, ChunkDone(chunk.tag, [b""], None, False, 0.0, None), QUEUED_BYTES // 2)
+    state.task_seconds[job.func_id] = 1e-12
+    assert job.result_bytes == QUEUED_BYTES // 2 and dispatcher.queue_depth(job) == PREFETCH  # large results too
 
 
 def answer_head(state: PoolState, slot: WorkerSlot) -> None:

@@ -22,11 +22,14 @@ class Received(NamedTuple):
     """A worker sent a message. *key* is the backend's name for that worker (unique for the backend's life).
 
     *message* is a record of _messages, as the worker sent it, or, from a backend that serialises, an
-    Undecodable when it could not be unpickled in the parent.
+    Undecodable when it could not be unpickled in the parent. *size* is what it took on its way, in bytes, in the
+    pipe and in shared memory alike (0 from a backend that hands messages over as objects): the engine queues
+    fewer chunks per worker when their results are large.
     """
 
     key: int
     message: Any
+    size: int = 0
 
 
 class Exited(NamedTuple):
@@ -85,7 +88,7 @@ class Backend(abc.ABC):
         Messages may be sent to the worker at once: they wait for it."""
 
     @abc.abstractmethod
-    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> int:
         """Queue a message for a worker, behind the ones sent before. Never blocks on a slow worker: what cannot
         be written now is written from ``wait()``, so the caller must go on calling it.
 
@@ -96,6 +99,9 @@ class Backend(abc.ABC):
         With *hold*, the message is serialised now (and raises now) but may be written later, together with the
         other messages held for the worker: with the next send to it without *hold*, or by ``write_held()`` or
         ``wait()``, whichever comes first. (One write for many small chunks: a worker woken once, not per chunk.)
+
+        Returns the message's size as sent, in bytes, in the pipe and in shared memory alike (0 for a backend that
+        hands messages over as objects): the engine queues fewer large chunks per worker.
         """
 
     @abc.abstractmethod

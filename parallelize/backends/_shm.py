@@ -128,6 +128,7 @@ class TaskArena:
         self.fd = fd
         self._free: list[tuple[int, int]] = [(0, self._segment.size)]  # sorted (start, end) extents
         self._sizes: dict[int, int] = {}
+        self.in_use = 0  # bytes of the regions placed and not released yet
 
     def place(self, buffer: memoryview) -> int:
         """Copy *buffer* into the arena: its offset, or -1 when it does not fit now."""
@@ -140,6 +141,7 @@ class TaskArena:
                     self._free[index] = (start + size, end)
                 self._segment.write(start, buffer)
                 self._sizes[start] = size
+                self.in_use += size
                 return start
         return -1
 
@@ -148,6 +150,7 @@ class TaskArena:
             size = self._sizes.pop(offset, None)
             if size is None:  # a worker reporting a region twice is a bug, but not one worth dying for
                 continue
+            self.in_use -= size
             start, end = offset, offset + size
             index = bisect.bisect(self._free, (start, end))
             if index < len(self._free) and self._free[index][0] == end:
@@ -250,6 +253,11 @@ class ResultRing:
         self._segment.write(_RING_DATA + offset, buffer)
         self._head = position + size
         return position
+
+    @property
+    def consumed(self) -> int:
+        """(Parent) bytes taken out of the ring since the start."""
+        return int(self._cursor[0])
 
     def take(self, position: int, size: int, readonly: bool = False) -> bytes | bytearray:
         """(Parent) a private copy of the buffer at *position* (immutable bytes if *readonly*: a bytes result is

@@ -314,6 +314,15 @@ class _ProcWorker:
         except Exception as exc:
             return Undecodable(exc)
 
+    def received(self, key: int, frame: Any) -> Received:
+        """The event for *frame*, with its size: the frame and the results it took out of the ring."""
+        if self.shared is None:
+            return Received(key, self.decode(frame), len(frame))
+        ring = self.shared[1]
+        taken = ring.consumed
+        message = self.decode(frame)
+        return Received(key, message, len(frame) + ring.consumed - taken)
+
     def close_shared(self) -> None:
         if self.shared is not None:
             arena, ring = self.shared
@@ -477,19 +486,23 @@ class ProcessBackend(Backend):
         self._selector.register(result_r.fileno(), selectors.EVENT_READ, ("read", key))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", key))
 
-    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> int:
         worker = self._workers[key]
+        arena = None if worker.shared is None else worker.shared[0]
+        placed = 0 if arena is None else arena.in_use
         # A serialisation error is the caller's to report.
-        parts = encode(message, None if worker.shared is None else worker.shared[0].place)
+        parts = encode(message, None if arena is None else arena.place)
+        size = sum(map(len, parts)) + (0 if arena is None else arena.in_use - placed)
         if hold:
             if not worker.held:
                 self._holding.append(key)
             worker.held += parts
-            return
+            return size
         if worker.held:
             parts = worker.held + parts
             worker.held = []
         self._write(key, worker, parts)
+        return size
 
     def write_held(self) -> None:
         for key in self._holding:
@@ -537,7 +550,7 @@ class ProcessBackend(Backend):
         if worker is None:
             return
         frames, eof = worker.reader.read_available()
-        events.extend(Received(key, worker.decode(f)) for f in frames)
+        events.extend(worker.received(key, f) for f in frames)
         if eof and worker.result_open:
             worker.result_open = False
             self._selector.unregister(worker.reader.fd)
@@ -565,7 +578,7 @@ class ProcessBackend(Backend):
             # the pipe; whatever it has not written by now is not coming.
             while True:
                 frames, eof = worker.reader.read_available()
-                events.extend(Received(key, worker.decode(f)) for f in frames)
+                events.extend(worker.received(key, f) for f in frames)
                 if eof or not frames:
                     break
         _join(worker.process, worker.sentinel, 5)

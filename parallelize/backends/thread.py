@@ -72,8 +72,9 @@ class ThreadBackend(Backend):
         worker.thread.start()
         self._workers[key] = worker  # (only now: a thread that could not start is no worker)
 
-    def send(self, key: int, message: Any, *, hold: bool = False) -> None:
+    def send(self, key: int, message: Any, *, hold: bool = False) -> int:
         self._workers[key].inbox.put(message)  # (a queue's put is cheap: nothing to hold)
+        return 0  # handed over as it is: no copy
 
     def write_held(self) -> None:
         pass  # nothing is held
