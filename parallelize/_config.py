@@ -216,6 +216,7 @@ def config(**options: Any) -> Iterator[None]:
 def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Options, dict[str, str]]:
     """The effective options and where each came from. Validates the environment; call/decorator are pre-checked."""
     check_environment()
+    environment = _env.variables()  # (most options are set by no variable: looked up here, parsed when set)
     scoped = _scoped.get()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -227,7 +228,7 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
             values[name], sources[name] = scoped[name], "config()"
         elif name in decorator:
             values[name], sources[name] = decorator[name], "decorator"
-        elif option.env is not None and (found := _env.read(variable, option.env))[0]:
+        elif option.env is not None and variable in environment and (found := _env.read(variable, option.env))[0]:
             values[name], sources[name] = _validate_env(variable, name, option, found[1]), variable
         else:
             values[name], sources[name] = option.default, "default"

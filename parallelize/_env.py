@@ -69,9 +69,29 @@ def parse_str(variable: str, text: str) -> str | None:
 Parser = Callable[[str, str], Any]
 
 
+# The environment as last read (CPython's bytes store behind os.environ, copied) and its PARALLELIZE_* variables.
+_last_read: tuple[dict[Any, Any] | None, dict[str, str]] = (None, {})
+
+
+def variables() -> dict[str, str]:
+    """The PARALLELIZE_* variables now. Every call resolves its options from them, so the environment is read only
+    when it changed: comparing it with a copy is about 1 us, where a read of each variable through os.environ
+    (encoding, decoding) and a scan for misspelt names cost about 0.2 ms per call."""
+    global _last_read
+    store = getattr(os.environ, "_data", None)  # CPython's; elsewhere the environment is read every time
+    seen, found = _last_read
+    if isinstance(store, dict):
+        if seen == store:
+            return found
+        seen = dict(store)
+    found = {name: value for name, value in os.environ.items() if name.startswith(PREFIX)}
+    _last_read = (seen if isinstance(store, dict) else None, found)  # one assignment: safe across threads
+    return found
+
+
 def read(variable: str, parser: Parser) -> tuple[bool, Any]:
     """(is set, parsed value) for one variable."""
-    text = os.environ.get(variable)
+    text = variables().get(variable)
     if text is None:
         return False, None
     return True, parser(variable, text)
@@ -79,9 +99,12 @@ def read(variable: str, parser: Parser) -> tuple[bool, Any]:
 
 def warn_unknown(known: Iterable[str]) -> None:
     """One warning per unknown PARALLELIZE_* variable, suggesting the closest valid name."""
+    unknown = [name for name in variables() if name not in _warned]
+    if not unknown:
+        return
     known_names = set(known)
-    for name in os.environ:
-        if not name.startswith(PREFIX) or name in known_names or name in _warned:
+    for name in unknown:
+        if name in known_names:
             continue
         _warned.add(name)
         import difflib  # only for a misspelt variable

@@ -561,3 +561,19 @@ def test_public_cpu_count_is_positive() -> None:
     count = parallelize.cpu_count()
     assert isinstance(count, int)
     assert 1 <= count <= (os.cpu_count() or 1)
+
+
+def test_the_environment_is_read_again_whenever_it_changed_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It is read once per change of it, not once per call (see _env.variables): every change must still be seen.
+    from parallelize import _config
+
+    monkeypatch.setenv("PARALLELIZE_RETRIES", "2")
+    assert _config.resolve({}, {})[0].retries == 2
+    assert _config.resolve({}, {})[0].retries == 2  # unchanged: the copy read before
+    monkeypatch.setenv("PARALLELIZE_RETRIES", "3")
+    assert _config.resolve({}, {})[0].retries == 3
+    monkeypatch.delenv("PARALLELIZE_RETRIES")
+    assert _config.resolve({}, {})[0].retries == 0
+    monkeypatch.setenv("PARALLELIZE_RETRIESS", "1")
+    with pytest.warns(UserWarning, match="unknown environment variable PARALLELIZE_RETRIESS"):
+        _config.resolve({}, {})
