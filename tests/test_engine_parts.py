@@ -99,11 +99,18 @@ def pool(n_jobs: int = 1, *, supports_interrupt: bool = True) -> tuple[PoolState
     return state, backend, Dispatcher(state)
 
 
-def serving(state: PoolState, dispatcher: Dispatcher, job: Job) -> WorkerSlot:
-    """Submit *job*, start the worker, let it report ready; returns its slot with chunks in flight."""
+def starting(state: PoolState, dispatcher: Dispatcher, job: Job) -> WorkerSlot:
+    """Submit *job* and start the worker; returns its slot, still starting, with chunks queued for it."""
     state.jobs.append(job)
     dispatcher.dispatch()
     slot = state.workers.slots[0]
+    assert slot.key is not None and slot.life is Life.STARTING
+    return slot
+
+
+def serving(state: PoolState, dispatcher: Dispatcher, job: Job) -> WorkerSlot:
+    """As starting(), then let the worker report ready; returns its slot with chunks in flight."""
+    slot = starting(state, dispatcher, job)
     assert slot.key is not None
     Answers(state).on_message(slot.key, WorkerReady(0, 1000, 0.0, 0.0, None))
     return slot
@@ -257,9 +264,7 @@ def test_a_worker_that_hangs_starting_is_killed_and_replaced_and_three_in_a_row_
 def test_the_start_limit_stops_at_worker_init_which_has_its_own_timeout_and_none_lifts_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     state, backend, dispatcher = pool()
-    state.jobs.append(make_job(state, [1], 1))
-    dispatcher.dispatch()
-    slot = state.workers.slots[0]
+    slot = starting(state, dispatcher, make_job(state, [1], 1))
     assert slot.key is not None and slot.start_by is not None
     backend.clocks[slot.key][_clock.START_NS] = time.monotonic_ns()  # its worker_init began: the start is over
     slot.start_by = time.monotonic() - 1
@@ -319,10 +324,8 @@ def test_a_worker_init_handed_over_while_starting_that_fails_ends_the_worker_qui
     # update_hooks reached a worker still starting with no worker_init: it reports ready, then runs the new hook,
     # which fails. The worker ends on its own: no "ended unexpectedly" warning, no more chunks for it.
     state, _backend, dispatcher = pool()
-    state.jobs.append(make_job(state, [1], 1))
-    dispatcher.dispatch()
-    slot = state.workers.slots[0]
-    assert slot.key is not None and slot.life is Life.STARTING
+    slot = starting(state, dispatcher, make_job(state, [1], 1))
+    assert slot.key is not None
     state.workers.settings = state.settings._replace(worker_init=abs)
     slot.init_hook = abs
     slot.init_runs_again()  # still starting: nothing to change
