@@ -99,12 +99,9 @@ def read(variable: str, parser: Parser) -> tuple[bool, Any]:
 
 def warn_unknown(known: Iterable[str]) -> None:
     """One warning per unknown PARALLELIZE_* variable, suggesting the closest valid name."""
-    unknown = [name for name in variables() if name not in _warned]
-    if not unknown:
-        return
     known_names = set(known)
-    for name in unknown:
-        if name in known_names:
+    for name in variables():
+        if name in known_names or name in _warned:
             continue
         _warned.add(name)
         import difflib  # only for a misspelt variable
