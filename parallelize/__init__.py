@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _WHERE = {
     "AsyncResult": ".workerpool",
     "BoundParallelFunction": "._decorator",
+    "ClusterError": "._errors",
     "ConfigError": "._errors",
     "ForkAfterThreadsWarning": "._errors",
     "InsightsReport": "._insights_report",
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from ._decorator import BoundParallelFunction as BoundParallelFunction
     from ._decorator import ParallelFunction as ParallelFunction
     from ._decorator import parallel as parallel
+    from ._errors import ClusterError as ClusterError
     from ._errors import ConfigError as ConfigError
     from ._errors import ForkAfterThreadsWarning as ForkAfterThreadsWarning
     from ._errors import ParallelError as ParallelError

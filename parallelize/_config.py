@@ -20,7 +20,7 @@ from . import _validation as check
 from ._errors import ConfigError
 from ._progress import DASHBOARD_VARIABLE, INTERVAL_VARIABLE, check_enabled, check_options, check_style
 
-BACKENDS = ("process", "thread", "serial")
+BACKENDS = ("process", "thread", "serial", "dask")
 ON_ERROR = ("raise", "return", "skip")
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
                  "g": 2**30, "gb": 10**9, "gib": 2**30}
@@ -103,6 +103,16 @@ def _anything(name: str, value: Any) -> Any:
     return value
 
 
+def _cluster(name: str, value: Any) -> Any:
+    """A scheduler address or a distributed.Client (checked by its module: distributed is imported only when a
+    pool uses it)."""
+    if value is None or (isinstance(value, str) and value.strip()) or type(value).__module__.startswith(
+            "distributed."):
+        return value
+    raise ConfigError(f"{name} must be a Dask scheduler address such as 'tcp://10.0.0.5:8786', a "
+                      f"distributed.Client or None (a local cluster), got {value!r}")
+
+
 class _Option(NamedTuple):
     default: Any
     validate: Callable[[str, Any], Any]
@@ -137,6 +147,7 @@ OPTIONS: dict[str, _Option] = {
     "cpu_ids": _Option(None, _cpu_ids),
     "worker_init": _Option(None, _callable_or_none),
     "worker_exit": _Option(None, _callable_or_none),
+    "cluster": _Option(None, _cluster, _env.parse_str),
 }
 
 MAX_CPU_VARIABLE = "PARALLELIZE_MAX_CPU"
@@ -181,6 +192,7 @@ class Options(NamedTuple):
     cpu_ids: tuple[tuple[int, ...] | None, ...]
     worker_init: Callable[..., Any] | None
     worker_exit: Callable[..., Any] | None
+    cluster: Any  # backend "dask": the scheduler's address or a distributed.Client; None: a local cluster
     disabled: bool  # PARALLELIZE_DISABLE: run serially in-process
 
 
@@ -232,10 +244,15 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
             values[name], sources[name] = _validate_env(variable, name, option, found[1]), variable
         else:
             values[name], sources[name] = option.default, "default"
-    values["n_jobs"] = check.n_jobs(values["n_jobs"], cpu_count)
-    cap = max_cpu()
-    if cap is not None and values["n_jobs"] > cap:
-        values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
+    if values["backend"] == "dask":
+        # Every thread of the cluster by default (connecting to it now: an unreachable one fails this call).
+        values["n_jobs"] = check.n_jobs(values["n_jobs"], lambda: _cluster_threads(values["cluster"]))
+        values["start_method"] = "dask"
+    else:
+        values["n_jobs"] = check.n_jobs(values["n_jobs"], cpu_count)
+        cap = max_cpu()
+        if cap is not None and values["n_jobs"] > cap:
+            values["n_jobs"], sources["n_jobs"] = cap, MAX_CPU_VARIABLE
     if values["start_method"] is None:
         values["start_method"] = _default_start_method()
     if values["backend"] == "thread":
@@ -244,6 +261,12 @@ def resolve(decorator: Mapping[str, Any], call: Mapping[str, Any]) -> tuple[Opti
     values["disabled"] = disabled() or values["backend"] == "serial"
     sources["disabled"] = DISABLE_VARIABLE if _env.read(DISABLE_VARIABLE, _env.parse_str)[0] else "default"
     return Options(**values), sources
+
+
+def _cluster_threads(cluster: Any) -> int:
+    from .backends import _dask_cluster
+
+    return _dask_cluster.total_threads(_dask_cluster.client_for(cluster, None))
 
 
 def cpu_count() -> int:

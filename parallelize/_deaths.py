@@ -22,20 +22,21 @@ class Deaths:
     def __init__(self, state: PoolState) -> None:
         self._state = state
 
-    def on_exit(self, key: int, exitcode: int | None, clock: tuple[int, ...]) -> None:
+    def on_exit(self, key: int, exitcode: int | None, clock: tuple[int, ...], reason: str = "") -> None:
+        """*reason*: what the backend knows beyond the exit code (see backends._base.Exited)."""
         slot = self._state.workers.gone(key)
         if slot is None:
             return
         unexpected = slot.life in (Life.STARTING, Life.SERVING, Life.EXITING)  # it did not say it was ending
-        self._put_back_chunks(slot, exitcode, clock, unexpected)
+        self._put_back_chunks(slot, exitcode, clock, unexpected, reason)
         if unexpected and slot.life is not Life.STARTING and not self._state.stopping:
             logger().warning("worker %d (pid %s) ended unexpectedly (%s); a new worker takes its place",
-                             slot.worker_id, slot.pid, describe_exitcode(exitcode))
+                             slot.worker_id, slot.pid, describe_exitcode(exitcode, reason))
         if slot.life is Life.STARTING:
-            self._died_starting(slot, exitcode)
+            self._died_starting(slot, exitcode, reason)
 
     def _put_back_chunks(self, slot: WorkerSlot, exitcode: int | None, clock: tuple[int, ...],
-                         unexpected: bool) -> None:
+                         unexpected: bool, reason: str) -> None:
         """The chunk the worker was running fails at the task it was on (named by its last clock); the rest it
         held are sent again."""
         orphans = list(slot.inflight)
@@ -51,11 +52,11 @@ class Deaths:
             else:
                 if position in (_clock.SENDING, _clock.UNTRACKED):  # (cannot happen twice: resent tracked)
                     position = 0
-                job.lost(chunk, position, _death_error(slot, chunk, position, exitcode))
+                job.lost(chunk, position, _death_error(slot, chunk, position, exitcode, reason))
         for job, chunk in orphans:
             job.requeue(chunk)
 
-    def _died_starting(self, slot: WorkerSlot, exitcode: int | None) -> None:
+    def _died_starting(self, slot: WorkerSlot, exitcode: int | None, reason: str) -> None:
         """A worker died before its worker_init finished (counted towards failing the calls, see start_failed)."""
         state = self._state
         if exitcode == EXIT_MAIN_REIMPORTED:
@@ -65,6 +66,9 @@ class Deaths:
                 "of @parallel functions, WorkerPool) under `if __name__ == '__main__':` in the main script"))
         if state.stopping or exitcode in (-signal.SIGKILL, -signal.SIGTERM):
             return  # killed from outside: perhaps transient, not counted
+        if reason:
+            state.start_failed(f"worker {slot.worker_id}, {describe_exitcode(exitcode, reason)}")
+            return
         state.start_failed(
             f"worker {slot.worker_id}, pid {slot.pid}, {describe_exitcode(exitcode)}; its stderr says why. With "
             "start_method 'spawn' or 'forkserver', a script that starts pools must do so under "
@@ -72,16 +76,22 @@ class Deaths:
 
 
 def _death_error(slot: WorkerSlot, chunk: RunChunk, position: int | None,
-                 exitcode: int | None) -> _errors.WorkerDiedError:
+                 exitcode: int | None, reason: str) -> _errors.WorkerDiedError:
     if position is None:
         what = "before starting its next chunk"
     else:
         what = f"while running task {chunk.start + position} ({describe_unpicklable(chunk.items[position])})"
     return _errors.WorkerDiedError(f"worker {slot.worker_id} (pid {slot.pid}) died with "
-                                   f"{describe_exitcode(exitcode)} {what}{_exit_hint(exitcode)}")
+                                   f"{describe_exitcode(exitcode, reason)} {what}{_exit_hint(exitcode)}")
 
 
-def describe_exitcode(exitcode: int | None) -> str:
+def describe_exitcode(exitcode: int | None, reason: str = "") -> str:
+    if reason:
+        return f"{_describe_status(exitcode)} ({reason})"
+    return _describe_status(exitcode)
+
+
+def _describe_status(exitcode: int | None) -> str:
     if exitcode is None:
         return "an unknown status"
     if exitcode < 0:

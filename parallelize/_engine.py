@@ -52,7 +52,8 @@ class Engine:
 
     def __init__(self, settings: WorkerSettings) -> None:
         check.worker_limits(settings.n_jobs, settings.start_method)  # before anything is made for the workers
-        self.backend: Backend = create_backend(settings.start_method, daemon=settings.daemon)
+        self.backend: Backend = create_backend(settings.start_method, daemon=settings.daemon, cluster=settings.cluster,
+                                               n_workers=settings.n_jobs)
         self._state = PoolState(settings, self.backend)
         self._workers = self._state.workers
         self._dispatcher = Dispatcher(self._state)
@@ -303,7 +304,7 @@ class Engine:
                 self._answers.on_message(event.key, event.message, event.size)
             else:
                 assert type(event) is Exited
-                self._deaths.on_exit(event.key, event.exitcode, event.clock)
+                self._deaths.on_exit(event.key, event.exitcode, event.clock, event.reason)
         # Whatever the events changed can only move deadlines later (a new task's deadline is a full timeout
         # away), so nothing is due before the nearest one computed above.
         if next_deadline is not None and time.monotonic() >= next_deadline:

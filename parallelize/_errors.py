@@ -44,6 +44,11 @@ class PoolClosedError(ParallelError, RuntimeError):
     """
 
 
+class ClusterError(ParallelError, ConnectionError):
+    """A cluster backend (``backend="dask"``) cannot be used: its scheduler cannot be reached, or a package it
+    needs is missing. The message names the address and where it was configured."""
+
+
 class TaskTimeoutError(ParallelError, TimeoutError):
     """A task, worker_init or worker_exit ran longer than its timeout; the worker running it was stopped."""
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from ._config import Options
 
+# (cluster: an address compares by value, a distributed.Client by identity)
 _COMPARED_BY_VALUE = ("n_jobs", "start_method", "daemon", "cpu_ids", "pass_worker_id", "worker_state",
-                      "worker_lifespan", "max_worker_memory", "enable_insights")
+                      "worker_lifespan", "max_worker_memory", "enable_insights", "cluster")
 _COMPARED_BY_IDENTITY = ("shared_objects", "worker_init", "worker_exit")
 
 
@@ -35,6 +36,7 @@ class WorkerSettings(NamedTuple):
     worker_lifespan: int | None = None  # tasks after which a worker ends itself
     max_worker_memory: int | None = None  # bytes of memory after which a worker ends itself (between chunks)
     enable_insights: bool = False
+    cluster: Any = None  # start_method "dask": the scheduler's address or a distributed.Client; None: local
 
     @classmethod
     def from_options(cls, options: Options) -> WorkerSettings:

@@ -169,7 +169,7 @@ def worker_limits(n_jobs: int, start_method: str) -> None:
     Checked when a pool is about to start (limits and open descriptors change), not when the option is set.
     Without it an absurd n_jobs forks until the descriptors run out and fails halfway, after many seconds.
     """
-    processes = start_method != "threading"
+    processes = start_method not in ("threading", "dask")  # (a Dask worker here is one socket)
     if processes:
         room = _free_fds()
         if room is not None and n_jobs * FDS_PER_PROCESS_WORKER + FDS_PER_PROCESS_POOL > room[0]:
@@ -179,6 +179,8 @@ def worker_limits(n_jobs: int, start_method: str) -> None:
                 f"descriptors ({FDS_PER_PROCESS_WORKER} per worker process), but this process may open only "
                 f"{room[0]} more (RLIMIT_NOFILE {room[1]}, {room[1] - room[0]} open): use at most n_jobs={most}, "
                 f"or raise the limit (ulimit -n, resource.setrlimit)")
+    if start_method == "dask":
+        return  # its workers are tasks on the cluster, not processes or threads of this machine
     per_worker = TASKS_PER_PROCESS_WORKER if processes else 1
     limits = _task_limits()
     if limits and n_jobs * per_worker > min(limits)[0]:

@@ -57,6 +57,11 @@ def in_worker() -> bool:
     return in_worker_process or getattr(_thread_state, "active", False)
 
 
+def leave_worker_thread() -> None:
+    """The worker loop of this thread has ended, and the thread lives on (a Dask worker's task thread)."""
+    _thread_state.active = False
+
+
 class Channel(Protocol):
     """The worker's end of its backend: recv() raises EOFError once no message will come (the parent is gone, or
     closed the backend); send() raises ResultUnpicklable, having sent nothing, for a message it cannot serialise."""

@@ -4,22 +4,28 @@ The tests drive a backend directly, the way the engine does: start a worker with
 RegisterFunc / RunChunk / STOP, read its events from wait(), write its clock, interrupt and kill it.
 
 A new backend joins by adding a BackendCase to BACKENDS. Cases with ``thorough=False`` (slow to start workers)
-run only the basic tests. Nothing here sleeps to let something happen: every wait is on an event or a deadline.
+run only the basic tests. A case whose workers live on a cluster names a module-wide ``setup`` (the cluster,
+started once for all its tests, before each test's leak check looks). Nothing here sleeps to let something happen:
+every wait is on an event or a deadline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from tests import dask_cluster
 
 from parallelize import _clock
 from parallelize._errors import ResultPicklingError, TaskTimeoutError
@@ -49,21 +55,54 @@ class BackendCase:
     """One backend under test: how to make it, and what it can be asked for."""
 
     name: str
-    make: Callable[[], Backend]
+    make: Callable[[Any], Backend]  # given what *setup* gave (None without one)
     serialises: bool  # messages are pickled (True), or handed over as objects (threads)
     thorough: bool = True  # False: only the basic tests (a backend whose workers are slow to start)
+    # Started once for all the case's tests (a cluster): what it yields is given to make().
+    setup: Callable[[], AbstractContextManager[Any]] | None = None
+    remote: bool = False  # workers are processes this test did not start: released through a file
+    environment: Any = None  # what setup gave, in the case the tests get
+
+
+def local(start_method: str) -> Callable[[Any], Backend]:
+    return lambda _: create_backend(start_method, daemon=True)
+
+
+def dask_backend(cluster: Any) -> Backend:
+    from parallelize.backends.dask import DaskBackend
+
+    return DaskBackend(cluster)
 
 
 BACKENDS = [
-    BackendCase("fork", lambda: create_backend("fork", daemon=True), serialises=True),
-    BackendCase("forkserver", lambda: create_backend("forkserver", daemon=True), serialises=True),
-    BackendCase("spawn", lambda: create_backend("spawn", daemon=True), serialises=True, thorough=False),
-    BackendCase("threading", lambda: create_backend("threading", daemon=True), serialises=False),
+    BackendCase("fork", local("fork"), serialises=True),
+    BackendCase("forkserver", local("forkserver"), serialises=True),
+    BackendCase("spawn", local("spawn"), serialises=True, thorough=False),
+    BackendCase("threading", local("threading"), serialises=False),
+    # A LocalCluster of two single-thread worker processes, reached through its Client.
+    BackendCase("dask-local", dask_backend, serialises=True, setup=dask_cluster.local_cluster, remote=True),
+    # A scheduler and two workers started as commands, as on a real cluster, reached by their TCP address.
+    BackendCase("dask-cli", dask_backend, serialises=True, setup=dask_cluster.command_line_cluster, remote=True),
 ]
 
-every_backend = pytest.mark.parametrize("case", BACKENDS, ids=[case.name for case in BACKENDS])
-thorough_backends = pytest.mark.parametrize("case", [case for case in BACKENDS if case.thorough],
-                                            ids=[case.name for case in BACKENDS if case.thorough])
+
+def _parametrize(cases: list[BackendCase]) -> pytest.MarkDecorator:
+    # Indirect and module-scoped: a case's setup runs once, before the tests' leak checks take their baseline.
+    return pytest.mark.parametrize("case", cases, ids=[case.name for case in cases], indirect=True, scope="module")
+
+
+every_backend = _parametrize(BACKENDS)
+thorough_backends = _parametrize([case for case in BACKENDS if case.thorough])
+
+
+@pytest.fixture(scope="module")
+def case(request: pytest.FixtureRequest) -> Iterator[BackendCase]:
+    spec: BackendCase = request.param
+    if spec.setup is None:
+        yield spec
+        return
+    with spec.setup() as environment:
+        yield dataclasses.replace(spec, environment=environment)
 
 
 # --- task functions (module level: importable by spawn workers). Each gets the spec's shared object first: a
@@ -103,14 +142,36 @@ def run_chunk(tag: int, items: list[Any], func_id: int = ECHO, *, job_id: int = 
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------------
 
+class FileRelease:
+    """The release for workers in processes the test did not start (a cluster's): a file that appears."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def release(self) -> None:
+        self.path.touch()
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.path.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
 @pytest.fixture
-def release() -> Any:
+def release(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    callspec = getattr(request.node, "callspec", None)
+    case = None if callspec is None else callspec.params.get("case")
+    if case is not None and case.remote:
+        return FileRelease(tmp_path / "release")
     return multiprocessing.get_context("spawn").Semaphore(0)  # usable by workers of every start method, and threads
 
 
 @pytest.fixture
 def backend(case: BackendCase, release: Any) -> Iterator[Backend]:
-    made = case.make()
+    made = case.make(case.environment)
     try:
         yield made
     finally:
@@ -172,13 +233,15 @@ def start_ready(backend: Backend, events: Recorder, key: int, release: Any, work
     return ready
 
 
-def wait_clock(backend: Backend, key: int, done: Callable[[Any], bool], what: str) -> None:
-    """Bounded polling of a worker's clock (the parent has no other way to see what a task does)."""
+def wait_clock(events: Recorder, key: int, done: Callable[[Any], bool], what: str) -> None:
+    """Bounded polling of a worker's clock (the parent has no other way to see what a task does), through wait()
+    as the engine does: a remote worker's clock is what it last reported."""
+    backend = events.backend
     deadline = time.monotonic() + DEADLINE
     while not done(backend.clock(key)):
         if time.monotonic() > deadline:
             raise AssertionError(f"the clock never showed {what}: {list(backend.clock(key))}")
-        time.sleep(0.005)
+        events.events.extend(backend.wait(0.005))
 
 
 def running(tag: int, index: int = 0, timed: bool = False) -> Callable[[Any], bool]:
@@ -197,6 +260,15 @@ def await_end(pid: int | None, threads_before: set[threading.Thread]) -> None:
     deadline = time.monotonic() + DEADLINE
     while not process_gone(pid):
         assert time.monotonic() < deadline, f"worker process {pid} did not end"
+        time.sleep(0.005)
+
+
+def await_task_end(backend: Backend, key: int) -> None:
+    """Until a cluster worker's task has returned (seen by the client, not through the backend's events)."""
+    future = backend._workers[key].future  # type: ignore[attr-defined]
+    deadline = time.monotonic() + DEADLINE
+    while future.status == "pending":
+        assert time.monotonic() < deadline, f"the task of worker {key} did not end"
         time.sleep(0.005)
 
 
@@ -355,7 +427,7 @@ def test_kill_ends_the_worker_with_one_exited_that_carries_its_last_clock(case: 
     start_ready(backend, events, 1, release)
     pid = backend.pid(1)
     backend.send(1, run_chunk(5, ["a", "b"], func_id=BLOCK, job_id=2))
-    wait_clock(backend, 1, running(5), "task 0 of chunk 5")
+    wait_clock(events, 1, running(5), "task 0 of chunk 5")
     backend.clock(1)[_clock.CANCEL] = _clock.cancel_mark(2)  # the parent's writes are part of the last clock too
     backend.kill(1, grace=0.5)
     exited = events.wait_exit(1)
@@ -383,7 +455,10 @@ def test_a_worker_that_ended_takes_send_and_kill_until_its_exited_is_read(case: 
     pid = backend.pid(1)
     backend.send(1, STOP)
     # Seen ending without reading its events (which would deliver its Exited and forget it).
-    await_end(pid, threads_before)
+    if case.remote:
+        await_task_end(backend, 1)
+    else:
+        await_end(pid, threads_before)
     backend.send(1, run_chunk(1, [1]))  # dropped without an error
     backend.kill(1, grace=0.5)
     backend.interrupt(1)
@@ -402,7 +477,7 @@ def test_interrupt_with_a_timeout_mark_fails_the_running_task(case: BackendCase,
     start_ready(backend, events, 1, release)
     func = SLEEP if backend.supports_interrupt else BLOCK
     backend.send(1, run_chunk(3, [0], func_id=func, task_timeout=0.1))
-    wait_clock(backend, 1, running(3, timed=True), "a timed task of chunk 3")
+    wait_clock(events, 1, running(3, timed=True), "a timed task of chunk 3")
     clock = backend.clock(1)
     clock[_clock.TIMEOUT_NS] = clock[_clock.START_NS]
     backend.interrupt(1)
@@ -426,7 +501,7 @@ def test_a_cancel_mark_stops_the_running_chunk_on_interrupt_and_skips_the_next(c
     start_ready(backend, events, 1, release)
     backend.send(1, run_chunk(3, [0, 1], func_id=SLEEP if backend.supports_interrupt else BLOCK, job_id=4))
     backend.send(1, run_chunk(4, [2], job_id=4))
-    wait_clock(backend, 1, running(3), "task 0 of chunk 3")
+    wait_clock(events, 1, running(3), "task 0 of chunk 3")
     backend.clock(1)[_clock.CANCEL] = _clock.cancel_mark(4)
     backend.interrupt(1)
     if not backend.supports_interrupt:

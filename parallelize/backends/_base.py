@@ -37,12 +37,13 @@ class Exited(NamedTuple):
     positive for another exit status, None if unknown (a disowned thread).
 
     *clock* is the worker's last clock (see _clock), the parent's own writes included: what it was running when
-    it ended.
+    it ended. *reason* is what the backend knows beyond the exit code (a remote worker lost, say), or "".
     """
 
     key: int
     exitcode: int | None
     clock: tuple[int, ...]
+    reason: str = ""
 
 
 Event = Received | Exited

@@ -1,0 +1,164 @@
+"""The worker side of the Dask backend: one long-running Dask task per worker slot.
+
+The task (``serve``) connects back to the parent over TCP, proves it is the worker the parent started with a
+one-time token, receives its WorkerSpec as the first frame, and runs the ordinary worker loop
+(``_worker.run_worker``) in the Dask worker's task thread. Frames are the process backend's (see _pipes), without
+shared memory. So a pool on a cluster costs one Dask task per worker for its whole life, not one per chunk or
+item, and chunks and results never pass through the scheduler.
+
+Two small threads beside the loop stand in for what shared memory gives a local worker:
+- a reader, which reads ahead of the loop, so that the parent's writes to the clock (a cancelled job's mark)
+  take effect while a chunk runs, not only when the loop reads its next message;
+- a clock reporter, which sends the clock (which chunk and task run, since when) whenever it changed, at most
+  every CLOCK_INTERVAL seconds: the parent's progress bars and its account of a lost worker's running task.
+
+This module is imported by Dask workers, and by the parent for the record types: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+import time
+from typing import Any, NamedTuple
+
+from .. import _clock, _worker
+from .._serialize import loads
+from ._pipes import ChildChannel
+
+TOKEN_SIZE = 16
+CONNECT_TIMEOUT = 10.0  # seconds to reach the parent: it listens before it submits the task
+CLOCK_INTERVAL = 0.05  # seconds between clock reports while the clock changes
+
+# serve()'s return value: the worker's exit status, as a process worker's exit code.
+EXIT_OK = 0
+EXIT_LOOP_FAILED = 1  # the worker loop raised (a programming error: the traceback is logged on the Dask worker)
+EXIT_REFUSED = 2  # the parent did not take the connection: the pool is gone, or Dask ran the task a second time
+
+
+class Spec(NamedTuple):
+    """Parent to worker, the first frame: the WorkerSpec, pickled by value (functions of __main__ included)."""
+
+    payload: bytes
+
+
+class ClockWrite(NamedTuple):
+    """Parent to worker: the parent wrote one slot of the clock (CANCEL or TIMEOUT_NS)."""
+
+    slot: int
+    value: int
+
+
+class ClockState(NamedTuple):
+    """Worker to parent: the clock as it is, and the worker's time.monotonic_ns() then (to translate START_NS)."""
+
+    values: tuple[int, ...]
+    now_ns: int
+
+
+class Goodbye(NamedTuple):
+    """Worker to parent, the last frame: the worker's exit status, and where it ran."""
+
+    status: int
+
+
+class _Connection:
+    """The worker's Channel over one TCP socket: sends under a lock (the loop and the clock reporter share the
+    socket), receives what the reader thread queued."""
+
+    def __init__(self, sock: socket.socket, clock: list[int]) -> None:
+        self._sock = sock
+        self._frames = ChildChannel(sock.fileno(), sock.fileno())
+        self._send_lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._clock = clock
+
+    def handshake(self, token: bytes) -> Spec:
+        self._sock.sendall(token)
+        first = self._frames.recv()  # EOFError: the parent refused the token
+        if type(first) is not Spec:
+            raise TypeError(f"the parent's first frame is a {type(first).__name__}, not a Spec")
+        return first
+
+    def recv(self) -> Any:
+        message = self._inbox.get()
+        if message is None:
+            raise EOFError
+        return message
+
+    def send(self, message: Any) -> None:
+        with self._send_lock:
+            self._frames.send(message)
+
+    def read_ahead(self) -> None:
+        """The reader thread: clock writes applied at once, other messages queued for the loop, None at the end."""
+        try:
+            while True:
+                message = self._frames.recv()
+                if type(message) is ClockWrite:
+                    self._clock[message.slot] = message.value
+                else:
+                    self._inbox.put(message)
+        except (EOFError, OSError):
+            pass
+        finally:
+            self._inbox.put(None)
+
+    def report_clock(self, done: threading.Event) -> None:
+        """The clock reporter: the clock whenever it changed, until *done*."""
+        last: tuple[int, ...] = ()
+        while not done.wait(CLOCK_INTERVAL):
+            now = tuple(self._clock)
+            if now != last:
+                last = now
+                try:
+                    self.send(ClockState(now, time.monotonic_ns()))
+                except OSError:
+                    return
+
+
+def serve(address: tuple[str, int], token: bytes) -> int:
+    """The Dask task that is one worker: connect to the parent at *address*, run the worker loop until it ends.
+
+    Returns the worker's exit status (EXIT_*). The parent learns the end from the connection itself.
+    """
+    try:
+        sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    except OSError:
+        return EXIT_REFUSED  # the parent is gone (or unreachable: it sees this task end without connecting)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    clock = [0] * _clock.SIZE
+    connection = _Connection(sock, clock)
+    done = threading.Event()
+    status = EXIT_LOOP_FAILED
+    reader = threading.Thread(target=connection.read_ahead, name="parallelize-dask-reader", daemon=True)
+    try:
+        try:
+            spec = loads(connection.handshake(token).payload)
+        except (EOFError, OSError):
+            return EXIT_REFUSED
+        reporter = threading.Thread(target=connection.report_clock, args=(done,), name="parallelize-dask-clock",
+                                    daemon=True)
+        reader.start()
+        reporter.start()
+        try:
+            _worker.run_worker(spec, connection, clock)
+            status = EXIT_OK
+        finally:
+            # The Dask worker's thread runs other tasks after this one: it is no pool worker any more.
+            _worker.leave_worker_thread()
+            done.set()
+            reporter.join()
+            with contextlib.suppress(OSError):
+                connection.send(ClockState(tuple(clock), time.monotonic_ns()))
+                connection.send(Goodbye(status))
+        return status
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # ends the reader thread's read
+        if reader.is_alive():
+            reader.join(CONNECT_TIMEOUT)  # before close(): its descriptor's number must not be reused under it
+        sock.close()
