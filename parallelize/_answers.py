@@ -6,6 +6,7 @@ WorkerExited. Results go to their Job, which puts them back in input order (Job.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ._errors import ConfigError, ResultPicklingError
@@ -70,6 +71,8 @@ class Answers:
     def _ready(self, slot: WorkerSlot, message: WorkerReady) -> None:
         state = self._state
         state.start_failures = 0
+        if slot.pid is None and message.pid != os.getpid():
+            slot.pid = message.pid  # a worker in a process that is not ours (a cluster's): its own word
         interrupted, slot.interrupted = slot.interrupted, None
         if state.insights is not None:
             state.insights.started(slot.worker_id, message.start_up_time, message.init_time)

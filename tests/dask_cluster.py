@@ -35,7 +35,8 @@ def local_cluster() -> Iterator[Any]:
     """A Client of a LocalCluster(n_workers=2, threads_per_worker=1) on 127.0.0.1."""
     distributed = require_distributed()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  scheduler_port=0, dashboard_address=None) as cluster, \
+                                  scheduler_port=0, dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=START_TIMEOUT)
         yield client

@@ -96,6 +96,38 @@ def total_threads(client: Any) -> int:
     return total
 
 
+class Placement:
+    """Where this process's workers run on a cluster: each new one goes to the Dask worker with the fewest of them
+    per thread (the workers' tasks secede from Dask's thread count, so Dask's own placement would not spread
+    them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}  # Dask worker address -> our workers placed there
+
+    def take(self, client: Any) -> str | None:
+        """The address for a new worker (counted until ``give_back``); None if the cluster lists no worker."""
+        threads = client.nthreads()
+        with self._lock:
+            if not threads:
+                return None
+            address: str = min(threads, key=lambda a: (self._count.get(a, 0) / max(1, threads[a]), a))
+            self._count[address] = self._count.get(address, 0) + 1
+            return address
+
+    def give_back(self, address: str | None) -> None:
+        if address is not None:
+            with self._lock:
+                left = self._count.get(address, 0) - 1
+                if left > 0:
+                    self._count[address] = left
+                else:
+                    self._count.pop(address, None)
+
+
+placement = Placement()
+
+
 def _connect(distributed: Any, address: str, source: str) -> Any:
     client = _connected.get(address)
     if client is not None and client.status == "running":
@@ -122,7 +154,9 @@ def _local_client(distributed: Any, n_workers: int | None) -> Any:
     try:
         cluster = distributed.LocalCluster(
             n_workers=wanted, threads_per_worker=1, processes=True, host=LOCAL_HOST, scheduler_port=0,
-            dashboard_address=None, local_directory=directory)
+            dashboard_address=None, local_directory=directory,
+            # (the scheduler serves health checks over HTTP even without a dashboard: on a free port, not 8787)
+            scheduler_kwargs={"dashboard_address": f"{LOCAL_HOST}:0"})
         client = distributed.Client(cluster, set_as_default=False)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

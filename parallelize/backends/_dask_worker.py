@@ -25,6 +25,7 @@ import time
 from typing import Any, NamedTuple
 
 from .. import _clock, _worker
+from .._messages import RunChunk
 from .._serialize import loads
 from ._pipes import ChildChannel
 
@@ -86,6 +87,14 @@ class _Connection:
         message = self._inbox.get()
         if message is None:
             raise EOFError
+        if type(message) is RunChunk:
+            # Reported before it runs, not up to CLOCK_INTERVAL later: a worker lost while running it must not
+            # have the chunk sent again whole, without end, as one never started. Its task is not known yet
+            # (UNTRACKED: a first loss runs it again tracked, see _deaths).
+            with self._send_lock:
+                self._clock[_clock.TAG] = message.tag
+                self._clock[_clock.INDEX] = _clock.UNTRACKED
+                self._frames.send(ClockState(tuple(self._clock), time.monotonic_ns()))
         return message
 
     def send(self, message: Any) -> None:
@@ -110,13 +119,14 @@ class _Connection:
         """The clock reporter: the clock whenever it changed, until *done*."""
         last: tuple[int, ...] = ()
         while not done.wait(CLOCK_INTERVAL):
-            now = tuple(self._clock)
-            if now != last:
-                last = now
-                try:
-                    self.send(ClockState(now, time.monotonic_ns()))
-                except OSError:
-                    return
+            with self._send_lock:  # (read under the lock: never sent after a newer report from recv())
+                now = tuple(self._clock)
+                if now != last:
+                    last = now
+                    try:
+                        self._frames.send(ClockState(now, time.monotonic_ns()))
+                    except OSError:
+                        return
 
 
 def serve(address: tuple[str, int], token: bytes) -> int:
@@ -124,6 +134,13 @@ def serve(address: tuple[str, int], token: bytes) -> int:
 
     Returns the worker's exit status (EXIT_*). The parent learns the end from the connection itself.
     """
+    # Out of the Dask worker's thread count: a pool's workers live as long as the pool, idle ones too, and must
+    # not keep other pools' workers (or other people's tasks) from starting, as local worker processes do not.
+    # (The parent spreads the workers over the cluster itself: see _dask_cluster.Placement.)
+    from distributed import secede
+
+    with contextlib.suppress(ValueError):  # (not in a Dask worker's task thread)
+        secede()
     try:
         sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
     except OSError:

@@ -90,6 +90,7 @@ class _DaskWorker:
         self.status: int | None = None  # from its Goodbye
         self.ended = False  # its Exited is reported or queued: nothing more about it is
         self.task_seen = False  # its Dask task's end was looked at (see _end_tasks)
+        self.placed: str | None = None  # the Dask worker it was sent to (see _dask_cluster.Placement)
         self.want_write = False
 
 
@@ -121,10 +122,19 @@ class DaskBackend(Backend):
 
     def start_worker(self, key: int, spec: WorkerSpec) -> None:
         token = secrets.token_bytes(TOKEN_SIZE)
+        spec = spec._replace(settings=spec.settings._replace(cluster=None))  # (a Client stays here)
         worker = _DaskWorker(key, token, encode(Spec(dumps_by_value(spec))),
                              lambda index, value: self._forward(key, index, value))
-        worker.future = self._client.submit(serve, self._address, token, pure=False,
-                                            key=f"parallelize-worker-{os.getpid()}-{next(_task_names)}")
+        worker.placed = _dask_cluster.placement.take(self._client)
+        try:
+            # Preferably there; anywhere if that Dask worker is gone by the time the task is scheduled.
+            worker.future = self._client.submit(
+                serve, self._address, token, pure=False, key=f"parallelize-worker-{os.getpid()}-{next(_task_names)}",
+                workers=None if worker.placed is None else [worker.placed],
+                allow_other_workers=worker.placed is not None)
+        except BaseException:
+            _dask_cluster.placement.give_back(worker.placed)
+            raise
         self._workers[key] = worker
 
     def _accept(self) -> None:
@@ -319,6 +329,7 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 worker.future.cancel()  # (a running task runs on until it returns; a queued one never runs)
             worker.future = None
+            _dask_cluster.placement.give_back(worker.placed)
 
     def wakeup(self) -> None:
         with self._wake_lock:
