@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests import dask_cluster
 
 import parallelize
 from parallelize import ClusterError, TaskTimeoutError, WorkerDiedError, parallel
 from parallelize._errors import RemoteTraceback
-from tests import dask_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -221,7 +221,7 @@ def test_pass_worker_id_is_stable_per_worker(on_dask: Any) -> None:
     assert first | second <= {0, 1}
 
 
-# --- errors ------------------------------------------------------------------------------------------------------------
+# --- errors -----------------------------------------------------------------------------------------------------------
 
 def test_a_task_error_keeps_its_type_and_the_remote_traceback(on_dask: Any) -> None:
     f = on_dask(fail_on_three, n_jobs=2)

@@ -140,7 +140,7 @@ def serve(address: tuple[str, int], token: bytes) -> int:
     from distributed import secede
 
     with contextlib.suppress(ValueError):  # (not in a Dask worker's task thread)
-        secede()
+        secede()  # type: ignore[no-untyped-call]
     try:
         sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
     except OSError:
