@@ -186,7 +186,7 @@ def rows_of(workload: Workload, raw: Raw, peer_order: list[str]) -> list[dict[st
             ratio = per_round(values, raw.values.get(base) or None) if base is not None else None
             if ratio is not None:
                 row["vs_base"] = ratio
-                row["note"] = "; ".join(filter(None, [row["note"], f"{ratio:.2f}x the time of {base} (per-round "
+                row["note"] = "; ".join(filter(None, [row["note"], f"{ratio:.2g}x the time of {base} (per-round "
                                                                    "ratio)"]))
         if "values" in row or "error" in row or "skipped" in row:
             rows.append(row)

@@ -329,6 +329,45 @@ class DecoratedWithInsights(Decorated):
         return results
 
 
+class DaskCluster:
+    """The cluster the Dask rows share: started by the workload that measures them (see workloads.WDask)."""
+
+    client: Any = None
+
+
+class DecoratedOnDask(Decorated):
+    """``@parallel(backend="dask")`` on the workload's cluster (a warm pool: its workers are running tasks there)."""
+
+    name = "parallelize @parallel (dask)"
+    module = "distributed"
+    only_in = ("W8-dask", "W8-dask-cold")
+    _decorated: dict[Callable[..., Any], Any] = {}  # noqa: RUF012 (its own cache: other options than Decorated's)
+
+    def function(self, func: Callable[..., Any]) -> Any:
+        from parallelize import parallel
+
+        decorated = self._decorated.get(func)
+        if decorated is None or decorated.decorator_options["cluster"] is not DaskCluster.client:
+            decorated = self._decorated[func] = parallel(backend="dask", cluster=DaskCluster.client)(func)
+        return decorated
+
+
+class JoblibOnDask(Peer):
+    """joblib's dask backend on the same cluster: ``parallel_config(backend="dask")``, its documented way."""
+
+    name = "joblib (dask)"
+    module = "distributed"
+    exit_hooks = False
+    forks = False
+    only_in = ("W8-dask", "W8-dask-cold")
+
+    def map(self, func: Callable[..., Any], items: Sequence[Any], chunk_size: int | None = None) -> list[Any]:
+        import joblib
+
+        with joblib.parallel_config(backend="dask", n_jobs=self.n_jobs):
+            return list(joblib.Parallel()(joblib.delayed(func)(item) for item in items))
+
+
 class Floor(Peer):
     name = "floor (fork+pipes)"
 
@@ -357,10 +396,11 @@ def all_peers(n_jobs: int) -> list[Peer]:
     return [
         Serial(n_jobs), MpPool(n_jobs), Executor(n_jobs), Executor(n_jobs, tuned=True), Joblib(n_jobs),
         MpireLike(n_jobs, MPIRE, "mpire"), Decorated(n_jobs), DecoratedWithInsights(n_jobs),
-        MpireLike(n_jobs, "parallelize WorkerPool", "parallelize"), Floor(n_jobs),
+        MpireLike(n_jobs, "parallelize WorkerPool", "parallelize"), Floor(n_jobs), DecoratedOnDask(n_jobs),
+        JoblibOnDask(n_jobs),
     ]
 
 
 SMOKE_PEERS = (SERIAL, Decorated.name, DecoratedWithInsights.name, "parallelize WorkerPool", FLOOR)
 # Rows that also report their per-round time ratio to another peer's, in their note.
-RATIO_TO = {DecoratedWithInsights.name: Decorated.name}
+RATIO_TO = {DecoratedWithInsights.name: Decorated.name, DecoratedOnDask.name: JoblibOnDask.name}

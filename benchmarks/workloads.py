@@ -538,8 +538,60 @@ class W6Import(W6Fresh):
         return float(out.strip())
 
 
+# --- W8 ----------------------------------------------------------------------------------------------------------
+
+
+class WDask(W1):
+    """10k trivial tasks on a local Dask cluster of n_jobs single-thread worker processes: parallelize's dask
+    backend against joblib's dask backend on the same cluster, with local process pools for scale."""
+
+    id, title = "W8-dask", "10k trivial tasks on a local Dask cluster (n_jobs workers of 1 thread), warm"
+    RUNS = ("parallelize @parallel (dask)", "joblib (dask)", "parallelize @parallel", "mp.Pool", SERIAL)
+
+    def n(self) -> int:
+        return 10_000
+
+    def skip(self, peer: Peer) -> str | None:
+        return None if peer.name in self.RUNS else "not a Dask row"
+
+    cluster: Any = None
+
+    def begin(self, peer: Peer) -> None:
+        if peer.name in self.RUNS[:2] and self.cluster is None:  # (started only for the Dask rows: not in --smoke)
+            import distributed
+
+            from .peers import DaskCluster
+
+            self.cluster = distributed.LocalCluster(
+                n_workers=self.n_jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+            DaskCluster.client = distributed.Client(self.cluster)  # the default client: joblib's backend takes it
+        super().begin(peer)
+
+    def teardown(self) -> None:
+        if self.cluster is not None:
+            from .peers import DaskCluster
+
+            DaskCluster.client.close()
+            DaskCluster.client = None
+            self.cluster.close()
+            self.cluster = None
+
+
+class WDaskCold(WDask):
+    """The same, each round starting the pool's workers on the cluster and stopping them (the cluster stays up)."""
+
+    id, title, warm = "W8-dask-cold", "10k trivial tasks on a local Dask cluster: new pool + map + stop", False
+
+    def measure(self, peer: Peer) -> float:
+        seconds, results, _ = self.cold(peer, tasks.square, self.items)
+        check(len(results) == len(self.items) and sum(results) == self.expected,
+              f"wrong sum of squares from {peer.name}")
+        return seconds
+
+
 ALL: list[type[Workload]] = [W1, W1s, W2, W3a, W3b, W4, W5Fresh, W5Reuse, W5bDigest, W5bBytes, W6Fresh, W6Cached,
-                             W6Process, W6Import, W7]
+                             W6Process, W6Import, W7, WDask, WDaskCold]
 
 
 def select(only: str | None) -> list[type[Workload]]:
