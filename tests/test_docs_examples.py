@@ -2,10 +2,12 @@
 
 The conventions (also described in CONTRIBUTING.md):
 
-- Each fenced ```python block is a whole program. It runs in a fresh interpreter, from a file of its own (so
+- Each fenced ```python block (```python title="..."`` too) is a whole program. It runs in a fresh interpreter, from a file of its own (so
   ``if __name__ == "__main__":`` guards work under every start method), in an empty directory, with this checkout
   first on the path and no PARALLELIZE_* variable from outside. It must exit with status 0.
-- A block followed by a fenced ```text title="Output"``` block must print exactly that on stdout. In the output,
+- A fenced ```text title="Output"``` block says what the python blocks right before it print on stdout (all of
+  them, back to the previous Output block or fence of another language: side-by-side snippets of a peer library
+  and of parallelize share one Output block), exactly. In the output,
   ``...`` stands for any text within a line, and a line holding only ``...`` for any number of lines (a pid, a
   port, a timing).
 - An HTML comment on the line before the fence qualifies the block: ``<!-- example: skip REASON -->`` (never run;
@@ -50,6 +52,10 @@ class Block:
     info: str  # what follows the opening fence: "python", 'text title="Output"', ...
     code: str
     directive: str | None  # the text of an <!-- example: ... --> comment right before it
+
+    @property
+    def language(self) -> str:
+        return self.info.split(" ", 1)[0]
 
     @property
     def where(self) -> str:
@@ -118,14 +124,19 @@ def _examples() -> tuple[list[Example], list[str]]:
             continue
         blocks, found = _blocks(path)
         problems += found
-        for index, block in enumerate(blocks):
+        waiting: list[Example] = []  # python blocks since the last Output block or other fence
+        for block in blocks:
             if block.info == OUTPUT_INFO:
-                if index == 0 or blocks[index - 1].info != "python":
+                if not waiting:
                     problems.append(f"{block.where}: an Output block must follow a python block")
+                for example in waiting:
+                    example.expected = block.code
+                waiting = []
                 continue
-            if block.info != "python":
+            if block.language != "python":
                 if block.directive is not None:
                     problems.append(f"{block.where}: an example comment before a {block.info or 'plain'} block")
+                waiting = []
                 continue
             skip = None
             if block.directive is not None:
@@ -138,9 +149,8 @@ def _examples() -> tuple[list[Example], list[str]]:
                 else:
                     problems.append(f"{block.where}: unknown example comment {block.directive!r} (use 'skip REASON' "
                                     "or 'requires MODULE')")
-            following = blocks[index + 1] if index + 1 < len(blocks) else None
-            expected = following.code if following is not None and following.info == OUTPUT_INFO else None
-            examples.append(Example(block, expected, skip))
+            examples.append(Example(block, None, skip))
+            waiting.append(examples[-1])
     return examples, problems
 
 
