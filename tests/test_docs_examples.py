@@ -116,10 +116,10 @@ def _blocks(path: Path) -> tuple[list[Block], list[str]]:
     return blocks, problems
 
 
-def _examples() -> tuple[list[Example], list[str]]:
+def _examples(paths: list[Path]) -> tuple[list[Example], list[str]]:
     examples: list[Example] = []
     problems: list[str] = []
-    for path in SOURCES:
+    for path in paths:
         if not path.exists():
             continue
         blocks, found = _blocks(path)
@@ -154,7 +154,7 @@ def _examples() -> tuple[list[Example], list[str]]:
     return examples, problems
 
 
-EXAMPLES, PROBLEMS = _examples()
+EXAMPLES, PROBLEMS = _examples(SOURCES)
 
 
 def _pattern(expected: str) -> re.Pattern[str]:
@@ -242,4 +242,21 @@ def test_parser_reads_comments_fences_and_outputs(tmp_path: Path) -> None:
         ("python", "print(2)\n", None),
         (OUTPUT_INFO, "2\n", None),
     ]
-    assert problems == [f"{page}:20: example comment not right before a fence"]
+    assert problems == [f"{page}:24: example comment not right before a fence"]
+
+
+def test_an_output_block_checks_every_python_block_before_it(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text('```python title="peer"\nprint(1)\n```\n\nprose\n\n```python title="ours"\nprint(1)\n```\n\n'
+                    '```text title="Output"\n1\n```\n\n```python\nprint(2)\n```\n\n```bash\nls\n```\n\n'
+                    '<!-- example: requires no_such_module_here -->\n```python\nprint(3)\n```\n\n'
+                    '<!-- example: sometimes -->\n```python\nprint(4)\n```\n', encoding="utf-8")
+    examples, problems = _examples([page])
+    assert [(e.block.code, e.expected, e.skip) for e in examples] == [
+        ("print(1)\n", "1\n", None),
+        ("print(1)\n", "1\n", None),
+        ("print(2)\n", None, None),
+        ("print(3)\n", None, "needs no_such_module_here, which is not installed"),
+        ("print(4)\n", None, None),
+    ]
+    assert problems == [f"{page}:29: unknown example comment 'sometimes' (use 'skip REASON' or 'requires MODULE')"]
