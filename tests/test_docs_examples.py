@@ -2,14 +2,14 @@
 
 The conventions (also described in CONTRIBUTING.md):
 
-- Each fenced ```python block (```python title="..."`` too) is a whole program. It runs in a fresh interpreter, from a file of its own (so
-  ``if __name__ == "__main__":`` guards work under every start method), in an empty directory, with this checkout
-  first on the path and no PARALLELIZE_* variable from outside. It must exit with status 0.
-- A fenced ```text title="Output"``` block says what the python blocks right before it print on stdout (all of
-  them, back to the previous Output block or fence of another language: side-by-side snippets of a peer library
-  and of parallelize share one Output block), exactly. In the output,
-  ``...`` stands for any text within a line, and a line holding only ``...`` for any number of lines (a pid, a
-  port, a timing).
+- Each fenced ```python block (```python title="..."``` too) is a whole program. It runs in a fresh interpreter,
+  from a file of its own (so ``if __name__ == "__main__":`` guards work under every start method), in an empty
+  directory, with this checkout first on the path and no PARALLELIZE_* variable from outside. It must exit with
+  status 0.
+- A fenced ```text title="Output"``` block says what the python blocks right before it print on stdout, exactly:
+  all of them, back to the previous Output block or fence of another language, so that the side-by-side snippets
+  of a peer library and of parallelize share one Output block. In the output, ``...`` stands for any text within
+  a line, and a line holding only ``...`` for any number of lines (a pid, a port, a timing).
 - An HTML comment on the line before the fence qualifies the block: ``<!-- example: skip REASON -->`` (never run;
   the test is reported as skipped with the reason) or ``<!-- example: requires MODULE -->`` (run only where MODULE
   can be imported, skipped with that reason elsewhere). Any other ``<!-- example: ... -->`` comment, or one that
