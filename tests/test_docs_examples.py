@@ -229,12 +229,17 @@ def test_output_pattern(expected: str, printed: str, matches: bool) -> None:
     assert bool(_pattern(expected).fullmatch(printed)) is matches
 
 
-def test_parser_reads_comments_fences_and_outputs(tmp_path: Path) -> None:
+def _page(tmp_path: Path, text: str) -> Path:
     page = tmp_path / "page.md"
-    page.write_text('Text\n\n<!-- example: skip needs a cluster -->\n```python\nprint(1)\n```\n\n'
-                    '````markdown\n```python\nnot an example\n```\n````\n\n'
-                    '- item\n\n    ```python\n    print(2)\n    ```\n\n    ```text title="Output"\n    2\n    ```\n'
-                    '\n<!-- example: typo -->\n\nprose\n', encoding="utf-8")
+    page.write_text(text, encoding="utf-8")
+    return page
+
+
+def test_parser_reads_comments_fences_and_outputs(tmp_path: Path) -> None:
+    page = _page(tmp_path, 'Text\n\n<!-- example: skip needs a cluster -->\n```python\nprint(1)\n```\n\n'
+                           '````markdown\n```python\nnot an example\n```\n````\n\n'
+                           '- item\n\n    ```python\n    print(2)\n    ```\n\n    ```text title="Output"\n    2\n    ```\n'
+                           '\n<!-- example: typo -->\n\nprose\n')
     blocks, problems = _blocks(page)
     assert [(b.info, b.code, b.directive) for b in blocks] == [
         ("python", "print(1)\n", "skip needs a cluster"),
@@ -246,11 +251,10 @@ def test_parser_reads_comments_fences_and_outputs(tmp_path: Path) -> None:
 
 
 def test_an_output_block_checks_every_python_block_before_it(tmp_path: Path) -> None:
-    page = tmp_path / "page.md"
-    page.write_text('```python title="peer"\nprint(1)\n```\n\nprose\n\n```python title="ours"\nprint(1)\n```\n\n'
-                    '```text title="Output"\n1\n```\n\n```python\nprint(2)\n```\n\n```bash\nls\n```\n\n'
-                    '<!-- example: requires no_such_module_here -->\n```python\nprint(3)\n```\n\n'
-                    '<!-- example: sometimes -->\n```python\nprint(4)\n```\n', encoding="utf-8")
+    page = _page(tmp_path, '```python title="peer"\nprint(1)\n```\n\nprose\n\n```python title="ours"\nprint(1)\n```\n\n'
+                           '```text title="Output"\n1\n```\n\n```python\nprint(2)\n```\n\n```bash\nls\n```\n\n'
+                           '<!-- example: requires no_such_module_here -->\n```python\nprint(3)\n```\n\n'
+                           '<!-- example: sometimes -->\n```python\nprint(4)\n```\n')
     examples, problems = _examples([page])
     assert [(e.block.code, e.expected, e.skip) for e in examples] == [
         ("print(1)\n", "1\n", None),
