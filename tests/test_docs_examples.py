@@ -238,7 +238,8 @@ def _page(tmp_path: Path, text: str) -> Path:
 def test_parser_reads_comments_fences_and_outputs(tmp_path: Path) -> None:
     page = _page(tmp_path, 'Text\n\n<!-- example: skip needs a cluster -->\n```python\nprint(1)\n```\n\n'
                            '````markdown\n```python\nnot an example\n```\n````\n\n'
-                           '- item\n\n    ```python\n    print(2)\n    ```\n\n    ```text title="Output"\n    2\n    ```\n'
+                           '- item\n\n    ```python\n    print(2)\n    ```\n\n'
+                           '    ```text title="Output"\n    2\n    ```\n'
                            '\n<!-- example: typo -->\n\nprose\n')
     blocks, problems = _blocks(page)
     assert [(b.info, b.code, b.directive) for b in blocks] == [
