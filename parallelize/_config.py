@@ -331,7 +331,7 @@ def show_config(func: Any = None) -> str:
 
     Returns:
         The text printed: one line per option, its value, and its source (``default``, ``decorator``,
-        ``config()``, or the ``PARALLELIZE_*`` variable that set it).
+            ``config()``, or the ``PARALLELIZE_*`` variable that set it).
 
     Raises:
         ConfigError: a ``PARALLELIZE_*`` variable has a value that is not allowed.

@@ -452,7 +452,7 @@ class _Methods(Generic[P, R]):
 
         Returns:
             A ``concurrent.futures.Future``: ``result(timeout)``, ``add_done_callback``, ``as_completed``...
-            work as usual. Its exception is the task's, or ``PoolClosedError`` if the pool was closed first.
+                work as usual. Its exception is the task's, or ``PoolClosedError`` if the pool was closed first.
 
         Example:
             ```python
@@ -676,7 +676,7 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):  # type: ignore[misc, 
 
         Returns:
             The list of results, in input order. With ``on_error="return"`` a failed item's exception takes its
-            place; with ``on_error="skip"`` it is left out.
+                place; with ``on_error="skip"`` it is left out.
 
         Raises:
             Exception: the first task's exception, with its own type (``on_error="raise"``, the default); its

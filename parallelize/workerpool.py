@@ -243,7 +243,7 @@ class WorkerPool:
 
         Returns:
             The list of results in input order, or one array when the results are numpy arrays and
-            *concatenate_numpy_output* is true.
+                *concatenate_numpy_output* is true.
 
         Raises:
             Exception: the first task's exception, with its own type; its ``__cause__`` holds the worker's traceback.
@@ -294,8 +294,9 @@ class WorkerPool:
         same arguments as ``map`` (but ``concatenate_numpy_output``), checked here rather than at the first
         ``next()``.
 
-        Returns:
-            A generator of the results. Leaving it early (``break``, ``close()``) cancels the rest of the map.
+        Yields:
+            The results, one by one. Leaving the generator early (``break``, ``close()``) cancels the rest of
+                the map.
         """
         return self._run(func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits,
                          worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
@@ -311,8 +312,8 @@ class WorkerPool:
                        progress_bar_style: str | None = None) -> Generator[Any, None, None]:
         """A lazy ``map`` in completion order. Takes the same arguments as ``imap``.
 
-        Returns:
-            A generator of the results, in the order the tasks finished.
+        Yields:
+            The results, in the order the tasks finished.
         """
         return self._run(func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits,
                          worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
