@@ -216,7 +216,25 @@ _scoped: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("parall
 
 @contextlib.contextmanager
 def config(**options: Any) -> Iterator[None]:
-    """Scoped configuration for the calls inside the block (this thread / asyncio task only). Nests."""
+    """Set options for the parallel calls made inside a ``with`` block.
+
+    The options apply in this thread or asyncio task only (a ``ContextVar``), and blocks nest. They beat the
+    decorator's arguments and the ``PARALLELIZE_*`` variables; a call's own keywords beat them. ``WorkerPool``
+    takes ``progress_bar_style`` from here.
+
+    Args:
+        **options: any option of ``parallel``.
+
+    Raises:
+        TypeError: an unknown option (with the closest known one suggested).
+        ConfigError: an option has a value that is not allowed.
+
+    Example:
+        ```python
+        with config(n_jobs=2, progress_bar=True):
+            results = f(items)
+        ```
+    """
     checked = validate(options, "config()")
     token = _scoped.set({**_scoped.get(), **checked})
     try:
@@ -329,7 +347,18 @@ def _validate_env(variable: str, name: str, option: _Option, value: Any) -> Any:
 
 
 def show_config(func: Any = None) -> str:
-    """Print (and return) each effective option and where it comes from, for *func* if given."""
+    """Print each effective option and where its value comes from: a call keyword aside, what a call would use.
+
+    Args:
+        func: a decorated function, whose decorator options count; ``None`` for the defaults.
+
+    Returns:
+        The text printed: one line per option, its value, and its source (``default``, ``decorator``,
+            ``config()``, or the ``PARALLELIZE_*`` variable that set it).
+
+    Raises:
+        ConfigError: a ``PARALLELIZE_*`` variable has a value that is not allowed.
+    """
     decorator = getattr(func, "decorator_options", {}) if func is not None else {}
     options, sources = resolve(decorator, {})
     width = max(map(len, sources))

@@ -59,9 +59,14 @@ _cgroup_cache: tuple[int, float, int | None] | None = None  # (pid, read at, lim
 
 
 def cpu_count() -> int:
-    """Return the number of CPUs this process can use, at least 1.
+    """The number of CPUs this process can use, at least 1: what ``n_jobs=None`` means.
 
-    The minimum of the affinity mask and any cgroup v1/v2 CPU quota (rounded up).
+    The smaller of the CPUs in this process's affinity mask (read on every call) and its cgroup v1 or v2 CPU
+    quota, rounded up (re-read at most every 5 seconds). A container limited to 2 CPUs gets 2, not the host's
+    count that ``os.cpu_count()`` gives.
+
+    Returns:
+        The number of usable CPUs.
     """
     return _effective_cpu_count(_affinity_cpu_count(), _cached_cgroup_cpu_limit())
 

@@ -386,24 +386,95 @@ class _Methods(Generic[P, R]):
         return instance
 
     def imap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> Iterable[R]:
-        """Results one by one, in input order, as soon as each is ready."""
+        """Run the function over *iterable* lazily: results one by one, in input order, each as soon as it and
+        the ones before it are ready.
+
+        The input is read as the workers need it. Leaving the loop early (``break``, ``close()``, dropping the
+        generator) cancels the rest of the call: nothing more is sent and running tasks are interrupted.
+
+        Args:
+            iterable: the inputs, one task per item (a tuple item is unpacked, a dict item becomes keywords).
+            *iterables: more inputs, zipped with the first as ``map(f, xs, ys)`` does.
+            **options: options for this call only (see ``parallel``), and ``iterable_len=N``: read at most N
+                items, and N is the progress bar's total for an input without a length.
+
+        Returns:
+            A generator of the results.
+
+        Raises:
+            ConfigError: an option has a value that is not allowed (raised here, before the first ``next()``).
+            TypeError: an unknown option, or an input that is not iterable.
+
+        Example:
+            ```python
+            for result in f.imap(read_rows(), iterable_len=1000):
+                print(result)
+            ```
+        """
         return self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=True)
 
     def imap_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> Iterable[R]:
-        """Results one by one, in completion order."""
+        """Like ``imap``, with the results in completion order: each as soon as it is ready.
+
+        Args:
+            iterable: the inputs, one task per item.
+            *iterables: more inputs, zipped with the first.
+            **options: options for this call only, and ``iterable_len``.
+
+        Returns:
+            A generator of the results, in the order the tasks finished.
+        """
         return self._self_core.run_map(self._instance(), (iterable, *iterables), options, ordered=False)
 
     @hides_library_frames
     def map_unordered(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
-        """All results, in completion order."""
+        """Run the function over *iterable*: all results, in completion order.
+
+        Args:
+            iterable: the inputs, one task per item.
+            *iterables: more inputs, zipped with the first.
+            **options: options for this call only, and ``iterable_len``.
+
+        Returns:
+            The list of results, in the order the tasks finished.
+        """
         return self._self_core.map_all(self._instance(), (iterable, *iterables), options, ordered=False)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
-        """One call in a worker; a concurrent.futures.Future for its result."""
+        """Run one call ``f(*args, **kwargs)`` in a worker, without waiting for it.
+
+        The pool is driven by a background thread, so the caller is free. The call's options are the
+        decorator's and ``config()``'s (``task_timeout``, ``retries``...); ``submit`` takes no options of its own.
+
+        Args:
+            *args: the function's positional arguments.
+            **kwargs: the function's keyword arguments.
+
+        Returns:
+            A ``concurrent.futures.Future``: ``result(timeout)``, ``add_done_callback``, ``as_completed``...
+                work as usual. Its exception is the task's, or ``PoolClosedError`` if the pool was closed first.
+
+        Example:
+            ```python
+            future = f.submit(3)
+            print(future.result(timeout=10))
+            ```
+        """
         return self._self_core.submit(self._instance(), args, kwargs)
 
     async def amap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
-        """``await f.amap(items)``: all results in input order, without blocking the event loop."""
+        """``await f.amap(items)``: all results in input order, without blocking the event loop.
+
+        A background thread drives the pool; the coroutine waits for its results.
+
+        Args:
+            iterable: the inputs, one task per item.
+            *iterables: more inputs, zipped with the first.
+            **options: options for this call only, and ``iterable_len``.
+
+        Returns:
+            The list of results, in input order.
+        """
         try:
             return [value async for value in
                     self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)]
@@ -412,22 +483,50 @@ class _Methods(Generic[P, R]):
             raise
 
     def aimap(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> AsyncIterator[R]:
-        """``async for r in f.aimap(items)``: results in input order, without blocking the event loop."""
+        """``async for r in f.aimap(items)``: results in input order, without blocking the event loop.
+
+        Args:
+            iterable: the inputs, one task per item.
+            *iterables: more inputs, zipped with the first.
+            **options: options for this call only, and ``iterable_len``.
+
+        Returns:
+            An asynchronous iterator of the results. Leaving it early cancels the rest of the call.
+        """
         return self._self_core.aimap(self._instance(), (iterable, *iterables), options, True)
 
     def serial(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """The plain function, called once in this process."""
+        """Call the plain function once, in this process: ``f.serial(x)`` is the undecorated ``f(x)``.
+
+        Args:
+            *args: the function's positional arguments.
+            **kwargs: the function's keyword arguments.
+
+        Returns:
+            What the function returns.
+        """
         return self._self_core.target(self._instance()).parallelize_callable(*args, **kwargs)  # type: ignore[no-any-return]
 
     def insights(self) -> Insights:
         """``with f.insights() as report:`` collects the insights of this function's calls made in the block (in
-        this thread or asyncio task), with the calls their tasks make; see ``parallelize.insights()``."""
+        this thread or asyncio task), with the calls their tasks make; see ``parallelize.insights()``.
+
+        Returns:
+            A context manager whose ``__enter__`` returns the ``InsightsReport``.
+        """
         return Insights(owner=self._self_core)
 
     def close(self) -> list[Any]:
-        """Stop this function's workers (their exit hooks run); returns the exit results.
+        """Stop this function's workers (their exit hooks run). The next call starts new ones.
 
         Also drops the per-instance targets of a decorated method, which keep their instances alive until then.
+        Calling it is optional: pools are closed at interpreter exit.
+
+        Returns:
+            What ``worker_exit`` returned in each worker (empty without an exit hook).
+
+        Raises:
+            Exception: the first exception a ``worker_exit`` hook raised.
         """
         core = self._self_core
         core.targets.clear()
@@ -435,16 +534,20 @@ class _Methods(Generic[P, R]):
 
     @property
     def exit_results(self) -> list[Any]:
-        """What worker_exit returned in the workers stopped most recently."""
+        """What ``worker_exit`` returned in the workers stopped most recently (a list, one entry per worker)."""
         return list(self._self_core.holder.exit_results)
 
     @property
     def decorator_options(self) -> dict[str, Any]:
-        """The options given to @parallel (or to options())."""
+        """The options given to ``@parallel`` (or to ``options()``), and the hooks, as a dict."""
         return dict(self._self_core.options)
 
     def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (empty before the first call and after close())."""
+        """Process ids of the live workers: empty before the first call and after ``close()``.
+
+        Returns:
+            A list of pids (empty for thread workers, which have no process of their own).
+        """
         engine: Runner | None = self._self_core.holder.engine
         return engine.worker_pids() if engine is not None and engine.usable else []
 
@@ -563,23 +666,81 @@ class ParallelFunction(_FunctionWrapper, _Methods[P, R]):  # type: ignore[misc, 
 
     @hides_library_frames
     def __call__(self, iterable: Iterable[Any], /, *iterables: Iterable[Any], **options: Any) -> list[R]:
-        """Run the function over *iterable* (or over several, zipped as ``map(f, xs, ys)`` does): the results,
-        in input order."""
+        """Run the function over *iterable* (or over several, zipped as ``map(f, xs, ys)`` does).
+
+        Args:
+            iterable: the inputs, one task per item: a tuple item is unpacked into the arguments, a dict item
+                becomes keyword arguments, anything else is the single argument.
+            *iterables: more inputs, zipped with the first (as long as the shortest).
+            **options: options for this call only (see ``parallel``), and ``iterable_len=N``.
+
+        Returns:
+            The list of results, in input order. With ``on_error="return"`` a failed item's exception takes its
+                place; with ``on_error="skip"`` it is left out.
+
+        Raises:
+            Exception: the first task's exception, with its own type (``on_error="raise"``, the default); its
+                ``__cause__`` holds the worker's traceback.
+            WorkerDiedError: a worker died while running a task.
+            TaskTimeoutError: a task ran past ``task_timeout``.
+            ConfigError: an option or ``PARALLELIZE_*`` variable has a value that is not allowed.
+            TypeError: an unknown option, or an input that is not iterable.
+        """
         return self._self_core.map_all(None, (iterable, *iterables), options, ordered=True)
 
     def worker_init(self, hook: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorator: run *hook* once in each worker before its first task (receives the same leading
-        arguments as the task: worker_id, shared_objects, worker_state, as enabled)."""
+        """Decorator: run *hook* once in each worker as it starts, before its first task.
+
+        The hook receives the same leading arguments as the task (worker id, shared objects, worker state, as
+        enabled), without an item.
+
+        Args:
+            hook: the function to run.
+
+        Returns:
+            *hook*, unchanged.
+
+        Example:
+            ```python
+            @f.worker_init
+            def load(worker_state):
+                worker_state["model"] = load_model()
+            ```
+        """
         self._self_core.options["worker_init"] = _config.validate({"worker_init": hook}, "worker_init")["worker_init"]
         return hook
 
     def worker_exit(self, hook: Callable[..., Any]) -> Callable[..., Any]:
-        """Decorator: run *hook* once in each worker when it stops; return values end up in exit_results."""
+        """Decorator: run *hook* once in each worker when it stops; what it returns is collected in
+        ``exit_results`` (and returned by ``close()``).
+
+        Args:
+            hook: the function to run; it receives the same leading arguments as ``worker_init``.
+
+        Returns:
+            *hook*, unchanged.
+        """
         self._self_core.options["worker_exit"] = _config.validate({"worker_exit": hook}, "worker_exit")["worker_exit"]
         return hook
 
     def options(self, **overrides: Any) -> ParallelFunction[P, R]:
-        """A copy with some options changed; it has its own pool."""
+        """A copy of this function with some options changed. The copy has its own pool.
+
+        Args:
+            **overrides: options to change (see ``parallel``).
+
+        Returns:
+            A new ``ParallelFunction``.
+
+        Raises:
+            ConfigError: an option has a value that is not allowed.
+            TypeError: an unknown option.
+
+        Example:
+            ```python
+            small = f.options(n_jobs=2, chunk_size=1)
+            ```
+        """
         merged = {**self._self_core.options, **_config.validate(overrides, "options()")}
         return ParallelFunction(self.__wrapped__, merged)
 
@@ -640,11 +801,41 @@ def parallel(
 
 
 def parallel(func: Any = None, /, **options: Any) -> Any:
-    """Make *func* run in parallel: ``f(items)`` maps it over *items* on a cached pool of worker processes
-    (``f(xs, ys)`` over several iterables, zipped as ``map`` does).
+    """Make *func* run in parallel: ``f(items)`` maps it over *items* on a pool of worker processes.
 
-    Usable bare (``@parallel``) or with options (``@parallel(n_jobs=4, worker_state=True)``). Options are
-    checked here, so a bad value fails at decoration time; nothing starts until the first call.
+    Usable bare (``@parallel``) or with options (``@parallel(n_jobs=4, worker_state=True)``), on functions,
+    methods, classmethods and staticmethods. Options are checked here, so a bad value fails at decoration time;
+    nothing starts until the first call, and the pool is kept for the next calls. Each option can also be given
+    per call, in ``with config(...)`` and (most) in a ``PARALLELIZE_*`` variable; the options table of the
+    decorator guide describes each one.
+
+    Args:
+        func: the function to decorate (when used bare).
+        **options: ``n_jobs``, ``backend``, ``start_method``, ``chunk_size``, ``n_splits``, ``max_tasks_active``,
+            ``worker_lifespan``, ``task_timeout``, ``worker_init_timeout``, ``worker_exit_timeout``,
+            ``progress_bar``, ``progress_bar_options``, ``progress_bar_style``, ``on_error``, ``retries``,
+            ``retry_backoff``, ``max_worker_memory``, ``enable_insights``, ``daemon``, ``keep_alive``, ``nested``,
+            ``pass_worker_id``, ``worker_state``, ``shared_objects``, ``cpu_ids``, ``worker_init``,
+            ``worker_exit``.
+
+    Returns:
+        A ``ParallelFunction`` (bare), or a decorator that makes one.
+
+    Raises:
+        TypeError: an unknown option (with the closest known one suggested), or *func* is not callable.
+        ConfigError: an option has a value that is not allowed.
+
+    Example:
+        ```python
+        from parallelize import parallel
+
+        @parallel(n_jobs=4)
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            print(square(range(10)))  # [0, 1, 4, ..., 81]
+        ```
     """
     checked = _config.validate(options, "parallel()")
     if func is None:

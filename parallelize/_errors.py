@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 
 class ParallelError(Exception):
-    """Base class of the errors parallelize raises itself."""
+    """Base class of the errors parallelize raises itself. Each also derives from the builtin it resembles
+    (``ConfigError`` is a ``ValueError``, ``TaskTimeoutError`` a ``TimeoutError``...). Exceptions raised by your
+    own function are re-raised with their own type instead."""
 
 
 class ConfigError(ParallelError, ValueError):
@@ -50,7 +52,13 @@ class ClusterError(ParallelError, ConnectionError):
 
 
 class TaskTimeoutError(ParallelError, TimeoutError):
-    """A task, worker_init or worker_exit ran longer than its timeout; the worker running it was stopped."""
+    """A task, worker_init or worker_exit ran longer than its timeout (``task_timeout``, ``worker_init_timeout``,
+    ``worker_exit_timeout``).
+
+    The error is raised inside the task first, so its ``finally`` blocks run and the worker lives on; a task that
+    does not return within a second of that has its worker stopped and replaced. The error names the task and
+    its worker. It is also a builtin ``TimeoutError``.
+    """
 
 
 class ResultTimeoutError(ParallelError, multiprocessing.TimeoutError, TimeoutError):

@@ -78,14 +78,21 @@ class Insights:
 
 
 def insights() -> Insights:
-    """Collect the insights of every parallel call made in a ``with`` block::
-
-        with parallelize.insights() as report:
-            f(items)
-        print(report)
+    """Collect the insights of every parallel call made in a ``with`` block: where each worker's time went, the
+    slowest tasks, and advice when the workers waited.
 
     Calls made in this thread (or asyncio task) are watched, and so are the calls their tasks make; other threads'
     calls are not. A call that ends after the block (an imap read later) is added when it ends.
+
+    Returns:
+        A context manager whose ``__enter__`` returns the ``InsightsReport``.
+
+    Example:
+        ```python
+        with parallelize.insights() as report:
+            f(items)
+        print(report)
+        ```
     """
     return Insights()
 

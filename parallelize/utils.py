@@ -19,7 +19,20 @@ def make_single_arguments(iterable_of_args: Iterable[Any],
                           generator: bool = True) -> list[tuple[Any]] | Generator[tuple[Any], None, None]:
     """Wrap each item in a one-element tuple, so that a tuple item reaches the function as one argument.
 
-    Returns a generator, or a list with ``generator=False``. A non-iterable input raises ``TypeError`` at once.
+    Args:
+        iterable_of_args: the items.
+        generator: return a generator; ``False``: a list.
+
+    Returns:
+        The items, each wrapped in a tuple.
+
+    Raises:
+        TypeError: the input is not iterable (at once, even for a generator).
+
+    Example:
+        ```python
+        pool.map(f, make_single_arguments([(1, 2), (3, 4)]))  # f((1, 2)), f((3, 4))
+        ```
     """
     iterator = _iterate(iterable_of_args)
     wrapped = ((item,) for item in iterator)
@@ -35,6 +48,23 @@ def chunk_tasks(iterable_of_args: Iterable[Any], iterable_len: int | None = None
     chunks of one item). Without it, ``n_splits`` chunks are made, which needs the length: ``iterable_len`` or
     ``len()``. ``iterable_len`` also caps how many items are read. Like MPIRE's, this is a generator: bad
     arguments raise at the first ``next()``.
+
+    Args:
+        iterable_of_args: the items, or a numpy array.
+        iterable_len: the number of items to read.
+        chunk_size: items per chunk.
+        n_splits: the number of chunks, when *chunk_size* is not given.
+
+    Returns:
+        A generator of the chunks.
+
+    Raises:
+        ValueError: neither *chunk_size* nor *n_splits* is given, or *n_splits* is 0.
+
+    Example:
+        ```python
+        list(chunk_tasks(range(5), chunk_size=2))  # [(0, 1), (2, 3), (4,)]
+        ```
     """
     if chunk_size is None and n_splits is None:
         raise ValueError("chunk_tasks needs chunk_size or n_splits; both are None")

@@ -66,17 +66,32 @@ class AsyncResult:
             logger().exception("an apply_async callback raised")
 
     def ready(self) -> bool:
+        """Whether the call has finished (with a value or an exception)."""
         return self._done.is_set()
 
     def successful(self) -> bool:
+        """Whether the call finished without an exception.
+
+        Raises:
+            ValueError: the call has not finished yet.
+        """
         if not self._done.is_set():
             raise ValueError("the result is not ready yet")
         return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
+        """Wait until the call has finished, or *timeout* seconds (``None``: no limit)."""
         self._engine.drive(self._done.is_set, check.wait_timeout("timeout", timeout))
 
     def get(self, timeout: float | None = None) -> Any:
+        """The call's value, waiting for it at most *timeout* seconds (``None``: no limit).
+
+        Raises:
+            ResultTimeoutError: the call had not finished within *timeout* (it goes on; ``get`` may be called
+                again).
+            PoolClosedError: the pool was terminated before the call finished.
+            Exception: the call's own exception, with its type.
+        """
         self.wait(timeout)
         if not self._done.is_set():
             raise ResultTimeoutError(f"the result was not ready within {timeout}s")
@@ -86,7 +101,38 @@ class AsyncResult:
 
 
 class WorkerPool:
-    """A pool of workers with the API of ``mpire.WorkerPool`` (2.10)."""
+    """A pool of workers with the API of ``mpire.WorkerPool`` (2.10): code written for MPIRE switches by changing
+    its import. Workers start at the first call; with ``keep_alive`` they are kept for the next ones.
+
+    Args:
+        n_jobs: number of workers; ``None``, ``0`` or ``-1``: every usable CPU (capped by ``PARALLELIZE_MAX_CPU``),
+            ``-k``: all but k-1.
+        daemon: start the worker processes as daemons.
+        cpu_ids: CPU pinning: one entry for all workers or one per worker, each a CPU id or a list of ids.
+        shared_objects: one object given to every worker once, and passed to every task (after the worker id).
+        pass_worker_id: pass the worker id (0 ... n_jobs-1) as the first argument of every task.
+        use_worker_state: pass a per-worker dict, which lives as long as the worker, to every task and hook.
+        start_method: ``"fork"``, ``"forkserver"``, ``"spawn"`` or ``"threading"``.
+        keep_alive: keep the workers between maps (MPIRE's rules: a later map reuses them, with its own hooks).
+        use_dill: accepted and ignored: functions always travel with cloudpickle.
+        enable_insights: time every task for ``get_insights()`` and ``print_insights()``.
+        order_tasks: send chunk i to worker ``i % n_jobs``.
+
+    Raises:
+        ConfigError: an argument has a value that is not allowed.
+
+    Example:
+        ```python
+        from parallelize import WorkerPool
+
+        def add(a, b):
+            return a + b
+
+        if __name__ == "__main__":
+            with WorkerPool(n_jobs=4) as pool:
+                print(pool.map(add, [(1, 2), (3, 4)]))  # [3, 7]
+        ```
+    """
 
     def __init__(
         self,
@@ -136,9 +182,12 @@ class WorkerPool:
         return self._pool.engine
 
     def pass_on_worker_id(self, pass_on: bool = True) -> None:
+        """Pass the worker id to every task from the next call on (new workers start if it changed)."""
         self._workers = self._workers._replace(pass_worker_id=check.flag("pass_on", pass_on))
 
     def set_shared_objects(self, shared_objects: Any = None) -> None:
+        """Give every task *shared_objects* from the next call on. An equal object changes nothing; another one
+        makes the next call start new workers (their predecessors' exit hooks run)."""
         # As MPIRE: an equal object changes nothing, so live workers are kept. Objects without a plain boolean ==
         # (numpy arrays) count as changed unless they are the same object.
         current = self._workers.shared_objects
@@ -146,12 +195,15 @@ class WorkerPool:
             self._workers = self._workers._replace(shared_objects=shared_objects)
 
     def set_use_worker_state(self, use_worker_state: bool = True) -> None:
+        """Pass the per-worker state dict to every task from the next call on."""
         self._workers = self._workers._replace(worker_state=check.flag("use_worker_state", use_worker_state))
 
     def set_keep_alive(self, keep_alive: bool = True) -> None:
+        """Keep the workers alive between maps (or not, from the next call's end on)."""
         self._keep_alive = check.flag("keep_alive", keep_alive)
 
     def set_order_tasks(self, order_tasks: bool = True) -> None:
+        """Send chunk i to worker ``i % n_jobs`` (or let the least busy worker take each chunk)."""
         self._order_tasks = check.flag("order_tasks", order_tasks)
 
     # --- map family -----------------------------------------------------------------------------------------------
@@ -164,7 +216,42 @@ class WorkerPool:
             task_timeout: float | None = None, worker_init_timeout: float | None = None,
             worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
             progress_bar_style: str | None = None) -> Any:
-        """Run *func* on every item; results in input order (a list, or one array for numpy input)."""
+        """Run *func* on every item of *iterable_of_args*; the results in input order.
+
+        A dict item becomes keyword arguments; a string, bytes or numpy array is passed whole; any other iterable
+        item is unpacked as positional arguments. A numpy array given as the whole input is cut into slices along
+        its first axis, one task each.
+
+        Args:
+            func: the function to run.
+            iterable_of_args: the inputs, one task per item.
+            iterable_len: the number of items to read (and the progress bar's total) for an input without a length.
+            max_tasks_active: at most this many items read and their results not yet handed out.
+            chunk_size: tasks per chunk (automatic when neither this nor *n_splits* is given).
+            n_splits: cut the input into this many chunks.
+            worker_lifespan: replace a worker after this many tasks.
+            progress_bar: ``True``, ``False`` or ``"auto"`` (only on a terminal or in a notebook).
+            concatenate_numpy_output: join array results into one array.
+            worker_init: run once in each worker before its first task (hooks persist with ``keep_alive``).
+            worker_exit: run once in each worker when it stops; see ``get_exit_results()``.
+            task_timeout: seconds per task; past it the task fails with ``TaskTimeoutError``.
+            worker_init_timeout: seconds for ``worker_init``.
+            worker_exit_timeout: seconds for ``worker_exit``.
+            progress_bar_options: tqdm keyword arguments (``desc``, ``position``...).
+            progress_bar_style: ``None`` (the configured default, else ``"auto"``), ``"std"``, ``"notebook"``,
+                ``"rich"``, ``"log"`` or ``"dashboard"``.
+
+        Returns:
+            The list of results in input order, or one array when the results are numpy arrays and
+                *concatenate_numpy_output* is true.
+
+        Raises:
+            Exception: the first task's exception, with its own type; its ``__cause__`` holds the worker's traceback.
+            WorkerDiedError: a worker died while running a task.
+            TaskTimeoutError: a task or hook ran past its timeout.
+            PoolBusyError: an ``imap`` of this pool is still open.
+            ConfigError: an argument has a value that is not allowed.
+        """
         results = list(itertools.chain.from_iterable(self._run(
             func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits, worker_lifespan,
             progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout, worker_exit_timeout,
@@ -185,7 +272,12 @@ class WorkerPool:
                       task_timeout: float | None = None, worker_init_timeout: float | None = None,
                       worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
                       progress_bar_style: str | None = None) -> list[Any]:
-        """Like map, in completion order."""
+        """Like ``map``, with the results in completion order. Takes the same arguments (but
+        ``concatenate_numpy_output``).
+
+        Returns:
+            The list of results, in the order the tasks finished.
+        """
         return list(itertools.chain.from_iterable(self._run(
             func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits, worker_lifespan,
             progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout, worker_exit_timeout,
@@ -198,7 +290,14 @@ class WorkerPool:
              task_timeout: float | None = None, worker_init_timeout: float | None = None,
              worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
              progress_bar_style: str | None = None) -> Generator[Any, None, None]:
-        """A lazy map: results in input order as soon as they are available."""
+        """A lazy ``map``: results in input order, each as soon as it and the ones before it are ready. Takes the
+        same arguments as ``map`` (but ``concatenate_numpy_output``), checked here rather than at the first
+        ``next()``.
+
+        Yields:
+            The results, one by one. Leaving the generator early (``break``, ``close()``) cancels the rest of
+                the map.
+        """
         return self._run(func, iterable_of_args, True, iterable_len, max_tasks_active, chunk_size, n_splits,
                          worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
                          worker_exit_timeout, progress_bar_options, progress_bar_style, lazy=True)
@@ -211,7 +310,11 @@ class WorkerPool:
                        task_timeout: float | None = None, worker_init_timeout: float | None = None,
                        worker_exit_timeout: float | None = None, progress_bar_options: dict[str, Any] | None = None,
                        progress_bar_style: str | None = None) -> Generator[Any, None, None]:
-        """A lazy map: results in completion order."""
+        """A lazy ``map`` in completion order. Takes the same arguments as ``imap``.
+
+        Yields:
+            The results, in the order the tasks finished.
+        """
         return self._run(func, iterable_of_args, False, iterable_len, max_tasks_active, chunk_size, n_splits,
                          worker_lifespan, progress_bar, worker_init, worker_exit, task_timeout, worker_init_timeout,
                          worker_exit_timeout, progress_bar_options, progress_bar_style, lazy=True)
@@ -287,7 +390,26 @@ class WorkerPool:
               worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
               task_timeout: float | None = None, worker_init_timeout: float | None = None,
               worker_exit_timeout: float | None = None) -> Any:
-        """Run one call in a worker and return its result."""
+        """Run one call ``func(*args, **kwargs)`` in a worker and wait for it.
+
+        Args:
+            func: the function to run.
+            args: its positional arguments (a value that is not a tuple is the single argument).
+            kwargs: its keyword arguments.
+            callback: called in the parent with the result.
+            error_callback: called in the parent with the exception, if the call fails.
+            worker_init: a hook for workers started for this call (live workers keep their own).
+            worker_exit: likewise.
+            task_timeout: seconds for the call.
+            worker_init_timeout: seconds for ``worker_init``.
+            worker_exit_timeout: seconds for ``worker_exit``.
+
+        Returns:
+            What *func* returned.
+
+        Raises:
+            Exception: the call's exception, with its own type.
+        """
         return self.apply_async(func, args, kwargs, callback, error_callback, worker_init, worker_exit, task_timeout,
                                 worker_init_timeout, worker_exit_timeout).get()
 
@@ -297,7 +419,18 @@ class WorkerPool:
                     worker_init: Callable[..., Any] | None = None, worker_exit: Callable[..., Any] | None = None,
                     task_timeout: float | None = None, worker_init_timeout: float | None = None,
                     worker_exit_timeout: float | None = None) -> AsyncResult:
-        """Run one call in a worker without waiting; the AsyncResult gives the value later."""
+        """Run one call ``func(*args, **kwargs)`` in a worker without waiting for it. Takes the same arguments as
+        ``apply``.
+
+        Returns:
+            An ``AsyncResult``: ``get(timeout)`` returns the value (or raises the call's exception).
+
+        Example:
+            ```python
+            result = pool.apply_async(add, (1, 2))
+            print(result.get(timeout=10))  # 3
+            ```
+        """
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r}")
         if not isinstance(args, tuple):
@@ -319,7 +452,12 @@ class WorkerPool:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     def stop_and_join(self, keep_alive: bool = False) -> None:
-        """Wait for outstanding tasks; unless keep_alive, run the exit hooks and end the workers."""
+        """Wait for outstanding tasks (``apply_async``); then, unless *keep_alive*, run the exit hooks and end the
+        workers. Also available as ``join``.
+
+        Args:
+            keep_alive: only wait: the workers stay for the next call.
+        """
         with self._lock:
             if keep_alive:
                 if self._engine is not None:
@@ -330,7 +468,9 @@ class WorkerPool:
     join = stop_and_join
 
     def terminate(self) -> None:
-        """End every worker now. Outstanding tasks are dropped, exit hooks do not run."""
+        """End every worker now: outstanding tasks are dropped, exit hooks do not run. Leaving a
+        ``with WorkerPool(...)`` block calls it; an open ``imap`` or pending ``apply_async`` then raises
+        ``PoolClosedError``."""
         with self._lock:
             engine = self._engine
             if engine is not None and self._pool.detach(engine):
@@ -348,7 +488,11 @@ class WorkerPool:
                 self._engine.terminate()
 
     def get_exit_results(self) -> list[Any]:
-        """The worker_exit return values from the last time workers stopped."""
+        """What ``worker_exit`` returned in each worker, the last time workers stopped.
+
+        Returns:
+            A list, one entry per worker that ran the exit hook.
+        """
         return list(self._pool.exit_results)
 
     def get_insights(self) -> dict[str, Any]:

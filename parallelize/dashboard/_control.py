@@ -105,10 +105,23 @@ def _activate(what: Dashboard | _Connected) -> None:
 
 
 def start(host: str = "127.0.0.1", port: int = 0) -> Dashboard:
-    """Start a dashboard in this process (or return the one running) and print its URL once.
+    """Start a dashboard in this process (or return the one running) and print its URL once, on stderr.
 
-    It listens on *host*, 127.0.0.1 by default, on *port*, by default a free one. Another host is taken only when
-    named, with a warning: anyone who can reach it and has the URL sees the calls' arguments and tracebacks.
+    Args:
+        host: the address to listen on. Another than 127.0.0.1 is taken only when named, with a warning: anyone
+            who can reach it and has the URL sees the calls' arguments and tracebacks.
+        port: the port; 0 for a free one.
+
+    Returns:
+        The ``Dashboard``: ``url`` (with its token), ``port``, ``stop()``; also a context manager.
+
+    Example:
+        ```python
+        from parallelize import dashboard
+
+        board = dashboard.start()
+        print(board.url)
+        ```
     """
     return _start(host, port, sys.stderr)
 
