@@ -157,6 +157,7 @@ START_TIMEOUT_VARIABLE = "PARALLELIZE_WORKER_START_TIMEOUT"
 # spawned worker importing a heavy main module on a busy machine, but finite, so a start that hangs (an import
 # from a stalled network file system, say) is killed and replaced instead of holding every call for ever.
 DEFAULT_START_TIMEOUT = 120.0
+DASK_HOST_VARIABLE = "PARALLELIZE_DASK_HOST"  # backend="dask": the address its workers connect back to
 DASHBOARD_KEY_VARIABLE = "PARALLELIZE_DASHBOARD_KEY"  # the key connect_to_dashboard() sends, when none is given
 ENV_VARIABLES = {f"{_env.PREFIX}{name.upper()}": name for name, opt in OPTIONS.items() if opt.env is not None}
 
@@ -311,7 +312,7 @@ def configured(name: str) -> Any:
 def check_environment() -> None:
     """Warn once about each PARALLELIZE_* variable that nothing reads (a typo)."""
     _env.warn_unknown([*ENV_VARIABLES, MAX_CPU_VARIABLE, DISABLE_VARIABLE, START_TIMEOUT_VARIABLE, INTERVAL_VARIABLE,
-                       DASHBOARD_VARIABLE, DASHBOARD_KEY_VARIABLE])
+                       DASHBOARD_VARIABLE, DASHBOARD_KEY_VARIABLE, DASK_HOST_VARIABLE])
 
 
 def max_cpu() -> int | None:

@@ -36,6 +36,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any
 
 from .. import _clock
+from .._config import DASK_HOST_VARIABLE
 from .._log import logger
 from .._serialize import dumps_by_value
 from .._worker import WorkerSpec
@@ -44,7 +45,6 @@ from ._base import Backend, Event, Exited, Received
 from ._dask_worker import EXIT_REFUSED, TOKEN_SIZE, ClockState, ClockWrite, Goodbye, Spec, serve
 from ._pipes import FrameReader, ParentWriter, decode, encode
 
-HOST_VARIABLE = "PARALLELIZE_DASK_HOST"  # the address workers connect back to, where the guess is wrong
 _FORWARDED = (_clock.CANCEL, _clock.TIMEOUT_NS)  # the clock slots the parent writes
 _task_names = itertools.count()
 TASK_POLL = 0.1  # seconds between looks at the Dask tasks of workers that have not connected yet
@@ -305,7 +305,7 @@ class DaskBackend(Backend):
                 self._end(worker, 1, reason, events)
             elif future.status == "finished":
                 self._end(worker, future.result(), f"its Dask task could not connect back to "
-                          f"{self._address[0]}:{self._address[1]} (set {HOST_VARIABLE} to an address of this "
+                          f"{self._address[0]}:{self._address[1]} (set {DASK_HOST_VARIABLE} to an address of this "
                           "machine the workers can reach)", events)
             else:
                 self._end(worker, None, f"its Dask task was {future.status}", events)
@@ -401,7 +401,7 @@ class DaskBackend(Backend):
 def _listen_host(client: Any) -> str:
     """An address of this machine the cluster's workers can reach: PARALLELIZE_DASK_HOST, else the one this
     machine uses to reach the scheduler."""
-    configured = os.environ.get(HOST_VARIABLE)
+    configured = os.environ.get(DASK_HOST_VARIABLE)
     if configured:
         return configured
     from distributed.comm.addressing import get_address_host
