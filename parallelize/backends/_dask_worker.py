@@ -22,10 +22,10 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import _clock, _worker
-from .._messages import RunChunk
 from .._serialize import loads
 from ._pipes import ChildChannel
 
@@ -65,6 +65,20 @@ class Goodbye(NamedTuple):
     status: int
 
 
+class _ReportingClock(list[int]):
+    """The worker's clock: a chunk's start (a TAG written, after the chunk passed its cancel check) is reported at
+    once (see _Connection.report_start); every other write waits for the clock reporter."""
+
+    def __init__(self) -> None:
+        super().__init__([0] * _clock.SIZE)
+        self.report_start: Callable[[], None] = lambda: None
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        if index == _clock.TAG and value:
+            self.report_start()
+
+
 class _Connection:
     """The worker's Channel over one TCP socket: sends under a lock (the loop and the clock reporter share the
     socket), receives what the reader thread queued."""
@@ -87,15 +101,16 @@ class _Connection:
         message = self._inbox.get()
         if message is None:
             raise EOFError
-        if type(message) is RunChunk:
-            # Reported before it runs, not up to CLOCK_INTERVAL later: a worker lost while running it must not
-            # have the chunk sent again whole, without end, as one never started. Its task is not known yet
-            # (UNTRACKED: a first loss runs it again tracked, see _deaths).
-            with self._send_lock:
-                self._clock[_clock.TAG] = message.tag
-                self._clock[_clock.INDEX] = _clock.UNTRACKED
-                self._frames.send(ClockState(tuple(self._clock), time.monotonic_ns()))
         return message
+
+    def report_start(self) -> None:
+        """A chunk starts (its TAG was just written): reported now, not up to CLOCK_INTERVAL later, so that a
+        worker lost while running it does not have the chunk sent again whole, without end, as one never started.
+        Its task is not known yet: UNTRACKED (a first loss runs the chunk again tracked, see _deaths)."""
+        with self._send_lock:
+            state = list(self._clock)
+            state[_clock.INDEX] = _clock.UNTRACKED
+            self._frames.send(ClockState(tuple(state), time.monotonic_ns()))
 
     def send(self, message: Any) -> None:
         with self._send_lock:
@@ -147,8 +162,9 @@ def serve(address: tuple[str, int], token: bytes) -> int:
         return EXIT_REFUSED  # the parent is gone (or unreachable: it sees this task end without connecting)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    clock = [0] * _clock.SIZE
+    clock = _ReportingClock()
     connection = _Connection(sock, clock)
+    clock.report_start = connection.report_start
     done = threading.Event()
     status = EXIT_LOOP_FAILED
     reader = threading.Thread(target=connection.read_ahead, name="parallelize-dask-reader", daemon=True)
