@@ -136,9 +136,13 @@ class Dispatcher:
         for slot in self._workers.slots:
             queued = len(slot.inflight)
             if queued < least and slot.takes_chunks(lifespan, depth if slot.flowing else PREFETCH):
-                if not queued:
+                if not queued and slot.life is Life.SERVING:
                     return slot
                 best, least = slot, queued
+            elif not queued and slot.life is Life.SERVING and slot.takes_chunks(lifespan, PREFETCH):
+                # An idle worker still starting (seen first) comes after an idle one that is ready: its start may
+                # take seconds (a spawned process, a task on a cluster), and the chunk would wait for it.
+                return slot
         return best
 
     def _send_chunk(self, slot: WorkerSlot, job: Job, chunk: RunChunk, hold: bool) -> None:

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -96,42 +97,11 @@ def total_threads(client: Any) -> int:
     return total
 
 
-class Placement:
-    """Where this process's workers run on a cluster: each new one goes to the Dask worker with the fewest of them
-    per thread (the workers' tasks secede from Dask's thread count, so Dask's own placement would not spread
-    them)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count: dict[str, int] = {}  # Dask worker address -> our workers placed there
-
-    def take(self, client: Any) -> str | None:
-        """The address for a new worker (counted until ``give_back``); None if the cluster lists no worker."""
-        threads = client.nthreads()
-        with self._lock:
-            if not threads:
-                return None
-            address: str = min(threads, key=lambda a: (self._count.get(a, 0) / max(1, threads[a]), a))
-            self._count[address] = self._count.get(address, 0) + 1
-            return address
-
-    def give_back(self, address: str | None) -> None:
-        if address is not None:
-            with self._lock:
-                left = self._count.get(address, 0) - 1
-                if left > 0:
-                    self._count[address] = left
-                else:
-                    self._count.pop(address, None)
-
-
-placement = Placement()
-
-
 def _connect(distributed: Any, address: str, source: str) -> Any:
     client = _connected.get(address)
     if client is not None and client.status == "running":
         return client
+    _reachable(address, source)
     try:
         client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -139,6 +109,26 @@ def _connect(distributed: Any, address: str, source: str) -> Any:
                            f"{CONNECT_TIMEOUT:g} s: {exc}") from exc
     _connected[address] = client
     return client
+
+
+def _reachable(address: str, source: str) -> None:
+    """A TCP scheduler's port answers, or ClusterError: checked before a Client is made, because a Client that
+    fails to connect leaves its event loop thread running."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme != "tcp":
+            return  # (tls://, ucx://, inproc://: left to the Client)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"{address!r} (set by {source}) is not a Dask scheduler address such as "
+                           f"'tcp://10.0.0.5:8786': {exc}") from exc
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address!r} (set by {source}) within "
+                           f"{CONNECT_TIMEOUT:g} s: {exc}") from exc
 
 
 def _local_client(distributed: Any, n_workers: int | None) -> Any:

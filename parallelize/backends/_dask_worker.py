@@ -151,7 +151,6 @@ def serve(address: tuple[str, int], token: bytes) -> int:
     """
     # Out of the Dask worker's thread count: a pool's workers live as long as the pool, idle ones too, and must
     # not keep other pools' workers (or other people's tasks) from starting, as local worker processes do not.
-    # (The parent spreads the workers over the cluster itself: see _dask_cluster.Placement.)
     from distributed import secede
 
     with contextlib.suppress(ValueError):  # (not in a Dask worker's task thread)

@@ -90,7 +90,6 @@ class _DaskWorker:
         self.status: int | None = None  # from its Goodbye
         self.ended = False  # its Exited is reported or queued: nothing more about it is
         self.task_seen = False  # its Dask task's end was looked at (see _end_tasks)
-        self.placed: str | None = None  # the Dask worker it was sent to (see _dask_cluster.Placement)
         self.want_write = False
 
 
@@ -125,16 +124,11 @@ class DaskBackend(Backend):
         spec = spec._replace(settings=spec.settings._replace(cluster=None))  # (a Client stays here)
         worker = _DaskWorker(key, token, encode(Spec(dumps_by_value(spec))),
                              lambda index, value: self._forward(key, index, value))
-        worker.placed = _dask_cluster.placement.take(self._client)
-        try:
-            # Preferably there; anywhere if that Dask worker is gone by the time the task is scheduled.
-            worker.future = self._client.submit(
-                serve, self._address, token, pure=False, key=f"parallelize-worker-{os.getpid()}-{next(_task_names)}",
-                workers=None if worker.placed is None else [worker.placed],
-                allow_other_workers=worker.placed is not None)
-        except BaseException:
-            _dask_cluster.placement.give_back(worker.placed)
-            raise
+        # No worker restrictions: Dask puts each task on a free thread, so a pool's workers, submitted together,
+        # spread over the cluster (and seceded ones leave their thread free for the next pool's); an address chosen
+        # here could be of a Dask worker that is gone, whose restricted tasks then wait for ever.
+        worker.future = self._client.submit(serve, self._address, token, pure=False,
+                                            key=f"parallelize-worker-{os.getpid()}-{next(_task_names)}")
         self._workers[key] = worker
 
     def _accept(self) -> None:
@@ -329,7 +323,6 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 worker.future.cancel()  # (a running task runs on until it returns; a queued one never runs)
             worker.future = None
-            _dask_cluster.placement.give_back(worker.placed)
 
     def wakeup(self) -> None:
         with self._wake_lock:
@@ -381,6 +374,9 @@ class DaskBackend(Backend):
             worker.ended = True
             self._disconnect(worker)
         self._workers.clear()
+        for selector_key in list(self._selector.get_map().values()):
+            if selector_key.data[0] == "token":  # connections that never sent a whole token
+                selector_key.fileobj.close()  # type: ignore[union-attr]
         with self._wake_lock:
             self._wake_open = False
             os.close(self._wake_r)
