@@ -105,8 +105,7 @@ def _connect(distributed: Any, address: str, source: str) -> Any:
     try:
         client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address!r} (set by {source}) within "
-                           f"{CONNECT_TIMEOUT:g} s: {exc}") from exc
+        raise _unreachable(address, source, exc) from exc
     _connected[address] = client
     return client
 
@@ -127,8 +126,12 @@ def _reachable(address: str, source: str) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address!r} (set by {source}) within "
-                           f"{CONNECT_TIMEOUT:g} s: {exc}") from exc
+        raise _unreachable(address, source, exc) from exc
+
+
+def _unreachable(address: str, source: str, exc: BaseException) -> ClusterError:
+    return ClusterError(f"cannot reach the Dask scheduler at {address!r} (set by {source}) within "
+                        f"{CONNECT_TIMEOUT:g} s: {exc}")
 
 
 def _local_client(distributed: Any, n_workers: int | None) -> Any:
