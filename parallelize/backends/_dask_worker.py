@@ -60,9 +60,11 @@ class ClockState(NamedTuple):
 
 
 class Goodbye(NamedTuple):
-    """Worker to parent, the last frame: the worker's exit status, and where it ran."""
+    """Worker to parent, the last frame: the worker's exit status, and why it failed when the parent cannot know
+    (its WorkerSpec could not be unpickled here)."""
 
     status: int
+    reason: str = ""
 
 
 class _Connection:
@@ -154,9 +156,18 @@ def serve(address: tuple[str, int], token: bytes) -> int:
     reader = threading.Thread(target=connection.read_ahead, name="parallelize-dask-reader", daemon=True)
     try:
         try:
-            spec = loads(connection.handshake(token).payload)
+            payload = connection.handshake(token).payload
         except (EOFError, OSError):
             return EXIT_REFUSED
+        try:
+            spec = loads(payload)
+        except Exception as exc:  # (a shared object or hook this worker cannot import or rebuild)
+            # Said to the parent, which otherwise sees only a lost connection, as often as it starts a worker.
+            with contextlib.suppress(OSError):
+                connection.send(Goodbye(EXIT_LOOP_FAILED, f"its WorkerSpec (the function, hooks and shared "
+                                                          f"objects) could not be unpickled on the Dask worker: "
+                                                          f"{type(exc).__name__}: {exc}"))
+            return EXIT_LOOP_FAILED
         reporter = threading.Thread(target=connection.report_clock, args=(done,), name="parallelize-dask-clock",
                                     daemon=True)
         reader.start()
