@@ -306,14 +306,20 @@ def test_a_shared_object_the_workers_cannot_unpickle_fails_the_call_with_its_err
     assert on_dask(square, n_jobs=2)(range(3)) == [0, 1, 4]
 
 
-@pytest.mark.xfail(strict=True, reason="an argument that cannot be unpickled in the worker ends the worker before "
-                   "the chunk is known to have started, and the engine sends it again to a new worker without end "
-                   "(every backend: the process backend too)")
-def test_an_argument_the_workers_cannot_unpickle_fails_the_call(on_dask: Any) -> None:
-    f = on_dask(square, n_jobs=2)
-    with pytest.raises(RuntimeError, match="refuses to be unpickled"):  # (not a TimeoutError)
-        # (async: the timeout cancels the call, which a blocking call could not do, and close() need not wait)
-        asyncio.run(asyncio.wait_for(f.amap([Unpicklable()]), DEADLINE / 3))
+@pytest.mark.parametrize("backend", ["dask", "process"])
+def test_an_argument_the_workers_cannot_unpickle_fails_the_call_instead_of_being_sent_again_for_ever(
+        on_dask: Any, backend: str) -> None:
+    # The worker ends before the chunk is known to have started: it was sent again to a new worker, without end.
+    f = on_dask(square, n_jobs=2) if backend == "dask" else parallel(square, n_jobs=2)
+    try:
+        with pytest.raises(WorkerDiedError, match="before starting its next chunk") as caught:
+            # (async: a timeout would cancel the call, so that close() need not wait for it)
+            asyncio.run(asyncio.wait_for(f.amap([Unpicklable()]), DEADLINE))
+        if backend == "dask":
+            assert "this object refuses to be unpickled" in str(caught.value)  # (a process prints it on stderr)
+        assert f(range(3)) == [0, 1, 4]
+    finally:
+        f.close()
 
 
 def fail_init() -> None:

@@ -77,6 +77,7 @@ class _Connection:
         self._send_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._clock = clock
+        self.failure = ""  # why the reader stopped, if not at the connection's end
 
     def handshake(self, token: bytes) -> Spec:
         self._sock.sendall(token)
@@ -114,6 +115,8 @@ class _Connection:
                     self._inbox.put(message)
         except (EOFError, OSError):
             pass
+        except Exception as exc:  # a message that cannot be unpickled here: an argument this worker cannot rebuild
+            self.failure = f"it could not unpickle a message from the parent: {type(exc).__name__}: {exc}"
         finally:
             self._inbox.put(None)
 
@@ -174,7 +177,7 @@ def serve(address: tuple[str, int], token: bytes) -> int:
         reporter.start()
         try:
             _worker.run_worker(spec, connection, clock)
-            status = EXIT_OK
+            status = EXIT_LOOP_FAILED if connection.failure else EXIT_OK
         finally:
             # The Dask worker's thread runs other tasks after this one: it is no pool worker any more.
             _worker.leave_worker_thread()
@@ -182,7 +185,7 @@ def serve(address: tuple[str, int], token: bytes) -> int:
             reporter.join()
             with contextlib.suppress(OSError):
                 connection.send(ClockState(tuple(clock), time.monotonic_ns()))
-                connection.send(Goodbye(status))
+                connection.send(Goodbye(status, connection.failure))
         return status
     finally:
         with contextlib.suppress(OSError):
