@@ -92,8 +92,8 @@ class Dispatcher:
     def interrupt_cancelled(self) -> None:
         """Interrupt the workers still running chunks of failed or cancelled jobs (they answer `cancelled`).
 
-        A worker whose running chunk does not return within INTERRUPT_GRACE (a task stuck in C code) is killed
-        (see _deadlines).
+        A worker whose running chunk does not return within INTERRUPT_GRACE (a task stuck in C code, or any task
+        where the backend cannot interrupt it) is killed, or disowned (see _deadlines).
         """
         to_cancel = self._state.to_cancel
         while to_cancel:
@@ -121,7 +121,9 @@ class Dispatcher:
         backend = self._workers.backend
         backend.interrupt(slot.key)
         running = clock[_clock.TAG]
-        if (backend.supports_interrupt and slot.interrupted is None and clock[_clock.INDEX] != _clock.SENDING
+        # Where the chunk cannot be interrupted (threads, Dask tasks) it gets the same grace too, and its worker is
+        # then disowned: otherwise the workers stay busy with a failed or Ctrl-C'd call, and the next call waits.
+        if (slot.interrupted is None and clock[_clock.INDEX] != _clock.SENDING
                 and any(j is job and c.tag == running for j, c in slot.inflight)):
             slot.interrupted = Interrupted(Due.UNWIND, 0, running, time.monotonic() + INTERRUPT_GRACE, None)
 

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 _PENDING = object()  # a slot of a partly done chunk still waiting for its result
 _SKIPPED = object()  # a failed item dropped by on_error="skip"
+# Workers that may end before starting the same chunk before its first task fails: a chunk whose arguments cannot
+# be unpickled in a worker ends every worker it is sent to, before it starts, and would be sent again without end.
+UNSTARTED_LOSSES = 3
 
 
 class ProgressWatch(Protocol):
@@ -97,6 +100,7 @@ class Job:
         self._delayed: list[tuple[float, int, RunChunk]] = []  # retries waiting for their backoff
         self._delay_seq = itertools.count()
         self._attempts: dict[int, int] = {}  # input index -> failed attempts so far
+        self._unstarted_losses: dict[int, int] = {}  # a chunk's start -> workers that ended before starting it
         self._partials: dict[int, _Partial] = {}
         self._sizes: dict[int, tuple[int, int]] = {}  # chunk_id -> (start, size) of chunks in flight
         self._next_chunk_id = 0
@@ -223,14 +227,18 @@ class Job:
         """*chunk*'s worker ended while running item *position* (None: before starting the chunk).
 
         That item fails with *error*; the items before it (whose results died with the worker) and after it are
-        sent again.
+        sent again. A chunk not started is sent again whole, until UNSTARTED_LOSSES workers ended before starting
+        it: then its first task fails.
         """
         self._release(chunk)
         if self.finished:
             return
         if position is None:
-            self._requeued.append(chunk)
-            return
+            losses = self._unstarted_losses[chunk.start] = self._unstarted_losses.get(chunk.start, 0) + 1
+            if losses < UNSTARTED_LOSSES:
+                self._requeued.append(chunk)
+                return
+            position = 0  # (the error says the worker died before starting the chunk)
         self._item_failed(chunk, position, error)
         if self._ending:
             return

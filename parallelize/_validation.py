@@ -161,6 +161,9 @@ FDS_PER_PROCESS_WORKER = 6
 # passing (the child's pipe ends, the result ring's memfd, multiprocessing's start-up pipes).
 FDS_PER_PROCESS_POOL = 12
 TASKS_PER_PROCESS_WORKER = 2  # the process and its lifeline thread: both count against RLIMIT_NPROC
+# A Dask worker is one socket here; a Dask pool adds its listening socket, selector and wake-up pipe.
+FDS_PER_DASK_WORKER = 1
+FDS_PER_DASK_POOL = 4
 
 
 def worker_limits(n_jobs: int, start_method: str) -> None:
@@ -169,16 +172,19 @@ def worker_limits(n_jobs: int, start_method: str) -> None:
     Checked when a pool is about to start (limits and open descriptors change), not when the option is set.
     Without it an absurd n_jobs forks until the descriptors run out and fails halfway, after many seconds.
     """
-    processes = start_method not in ("threading", "dask")  # (a Dask worker here is one socket)
-    if processes:
+    processes = start_method not in ("threading", "dask")
+    if processes or start_method == "dask":
+        # (Dask: without it, a million workers were a million Dask tasks queued before the first socket failed)
+        per_worker, per_pool, what = ((FDS_PER_PROCESS_WORKER, FDS_PER_PROCESS_POOL, "worker process") if processes
+                                      else (FDS_PER_DASK_WORKER, FDS_PER_DASK_POOL, "Dask worker's connection"))
         room = _free_fds()
-        if room is not None and n_jobs * FDS_PER_PROCESS_WORKER + FDS_PER_PROCESS_POOL > room[0]:
-            most = max(0, (room[0] - FDS_PER_PROCESS_POOL) // FDS_PER_PROCESS_WORKER)
+        if room is not None and n_jobs * per_worker + per_pool > room[0]:
+            most = max(0, (room[0] - per_pool) // per_worker)
             raise ConfigError(
-                f"n_jobs={n_jobs} needs about {n_jobs * FDS_PER_PROCESS_WORKER + FDS_PER_PROCESS_POOL} file "
-                f"descriptors ({FDS_PER_PROCESS_WORKER} per worker process), but this process may open only "
-                f"{room[0]} more (RLIMIT_NOFILE {room[1]}, {room[1] - room[0]} open): use at most n_jobs={most}, "
-                f"or raise the limit (ulimit -n, resource.setrlimit)")
+                f"n_jobs={n_jobs} needs about {n_jobs * per_worker + per_pool} file descriptors ({per_worker} per "
+                f"{what}), but this process may open only {room[0]} more (RLIMIT_NOFILE {room[1]}, "
+                f"{room[1] - room[0]} open): use at most n_jobs={most}, or raise the limit (ulimit -n, "
+                "resource.setrlimit)")
     if start_method == "dask":
         return  # its workers are tasks on the cluster, not processes or threads of this machine
     per_worker = TASKS_PER_PROCESS_WORKER if processes else 1

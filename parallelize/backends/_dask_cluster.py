@@ -43,6 +43,8 @@ _connected: dict[str, Any] = {}  # address -> the Client this process opened to 
 _local: _Local | None = None
 _threads: dict[int, tuple[float, int]] = {}  # id(client) -> (when counted, total threads)
 _exit_registered = False
+_used = False  # a client was handed out in this process: Dask's threads run here
+_forked_from: int | None = None  # made by os.fork() from a process where they ran: the parent's pid
 
 
 def import_distributed() -> Any:
@@ -70,7 +72,15 @@ def configured_address(cluster: Any) -> tuple[str | None, str]:
 def client_for(cluster: Any, n_workers: int | None) -> Any:
     """The Client a pool with option ``cluster=cluster`` works through (see the module docstring). *n_workers*:
     how many single-thread workers a local cluster should have at least (None: one per CPU)."""
+    global _used
     distributed = import_distributed()
+    if _forked_from is not None:
+        # Dask's event loop and offload threads are not copied by os.fork(): any client here (the parent's, or a
+        # new one, which shares Dask's global state) would wait for them for ever.
+        raise ClusterError(f"backend='dask' cannot be used in a process made by os.fork() from one that used Dask "
+                           f"(pid {_forked_from}): Dask's threads do not survive a fork; start this process with "
+                           "the 'spawn' or 'forkserver' start method, or use another backend here")
+    _used = True
     if isinstance(cluster, distributed.Client):
         return cluster
     if cluster is not None and not isinstance(cluster, str):
@@ -192,8 +202,11 @@ def close_all() -> None:
 
 
 def _forget_in_child() -> None:
-    """A child made by os.fork() shares the parent's sockets: it drops the clients without closing them."""
-    global _local, _lock
+    """A child made by os.fork() shares the parent's sockets: it drops the clients without closing them (and uses
+    none: see client_for)."""
+    global _local, _lock, _forked_from
+    if _used:
+        _forked_from = os.getppid()
     _lock = threading.Lock()
     _local = None
     _connected.clear()

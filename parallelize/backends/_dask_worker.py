@@ -60,9 +60,11 @@ class ClockState(NamedTuple):
 
 
 class Goodbye(NamedTuple):
-    """Worker to parent, the last frame: the worker's exit status, and where it ran."""
+    """Worker to parent, the last frame: the worker's exit status, and why it failed when the parent cannot know
+    (its WorkerSpec could not be unpickled here)."""
 
     status: int
+    reason: str = ""
 
 
 class _ReportingClock(list[int]):
@@ -89,6 +91,7 @@ class _Connection:
         self._send_lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._clock = clock
+        self.failure = ""  # why the reader stopped, if not at the connection's end
 
     def handshake(self, token: bytes) -> Spec:
         self._sock.sendall(token)
@@ -127,6 +130,8 @@ class _Connection:
                     self._inbox.put(message)
         except (EOFError, OSError):
             pass
+        except Exception as exc:  # a message that cannot be unpickled here: an argument this worker cannot rebuild
+            self.failure = f"it could not unpickle a message from the parent: {type(exc).__name__}: {exc}"
         finally:
             self._inbox.put(None)
 
@@ -169,16 +174,25 @@ def serve(address: tuple[str, int], token: bytes) -> int:
     reader = threading.Thread(target=connection.read_ahead, name="parallelize-dask-reader", daemon=True)
     try:
         try:
-            spec = loads(connection.handshake(token).payload)
+            payload = connection.handshake(token).payload
         except (EOFError, OSError):
             return EXIT_REFUSED
+        try:
+            spec = loads(payload)
+        except Exception as exc:  # (a shared object or hook this worker cannot import or rebuild)
+            # Said to the parent, which otherwise sees only a lost connection, as often as it starts a worker.
+            with contextlib.suppress(OSError):
+                connection.send(Goodbye(EXIT_LOOP_FAILED, f"its WorkerSpec (the function, hooks and shared "
+                                                          f"objects) could not be unpickled on the Dask worker: "
+                                                          f"{type(exc).__name__}: {exc}"))
+            return EXIT_LOOP_FAILED
         reporter = threading.Thread(target=connection.report_clock, args=(done,), name="parallelize-dask-clock",
                                     daemon=True)
         reader.start()
         reporter.start()
         try:
             _worker.run_worker(spec, connection, clock)
-            status = EXIT_OK
+            status = EXIT_LOOP_FAILED if connection.failure else EXIT_OK
         finally:
             # The Dask worker's thread runs other tasks after this one: it is no pool worker any more.
             _worker.leave_worker_thread()
@@ -186,7 +200,7 @@ def serve(address: tuple[str, int], token: bytes) -> int:
             reporter.join()
             with contextlib.suppress(OSError):
                 connection.send(ClockState(tuple(clock), time.monotonic_ns()))
-                connection.send(Goodbye(status))
+                connection.send(Goodbye(status, connection.failure))
         return status
     finally:
         with contextlib.suppress(OSError):

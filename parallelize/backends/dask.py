@@ -88,6 +88,7 @@ class _DaskWorker:
         self.held: list[memoryview] = []
         self.clock = _RemoteClock(forward)
         self.status: int | None = None  # from its Goodbye
+        self.reason = ""  # from its Goodbye: why it failed, where only the worker knows
         self.ended = False  # its Exited is reported or queued: nothing more about it is
         self.task_seen = False  # its Dask task's end was looked at (see _end_tasks)
         self.want_write = False
@@ -272,11 +273,11 @@ class DaskBackend(Backend):
             if kind is ClockState:
                 worker.clock.reported(message)
             elif kind is Goodbye:
-                worker.status = message.status
+                worker.status, worker.reason = message.status, message.reason
             elif not worker.ended:
                 events.append(Received(worker.key, message, len(frame) + 8))
         if eof:
-            reason = "" if worker.status is not None else "its connection to the Dask worker was lost"
+            reason = worker.reason if worker.status is not None else "its connection to the Dask worker was lost"
             self._end(worker, worker.status, reason, events)
 
     def _end_tasks(self, events: list[Event]) -> None:
