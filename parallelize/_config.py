@@ -104,13 +104,13 @@ def _anything(name: str, value: Any) -> Any:
 
 
 def _cluster(name: str, value: Any) -> Any:
-    """A scheduler address or a distributed.Client (checked by its module: distributed is imported only when a
-    pool uses it)."""
+    """A scheduler address, a distributed.Client or a Dask cluster object (checked by its module or its
+    scheduler_address: distributed is imported only when a pool uses it)."""
     if value is None or (isinstance(value, str) and value.strip()) or type(value).__module__.startswith(
-            "distributed."):
+            "distributed.") or isinstance(getattr(value, "scheduler_address", None), str):
         return value
     raise ConfigError(f"{name} must be a Dask scheduler address such as 'tcp://10.0.0.5:8786', a "
-                      f"distributed.Client or None (a local cluster), got {value!r}")
+                      f"distributed.Client, a Dask cluster object or None (a local cluster), got {value!r}")
 
 
 class _Option(NamedTuple):

@@ -289,6 +289,17 @@ def test_the_scheduler_address_variable_is_named_when_unreachable(monkeypatch: p
         f(range(3))
 
 
+def test_a_cluster_object_is_reached_through_its_scheduler_address(client: Any) -> None:
+    from parallelize.backends import _dask_cluster
+
+    f = parallel(backend="dask", cluster=client.cluster, n_jobs=2)(square)  # the LocalCluster itself
+    try:
+        assert f(range(10)) == [x * x for x in range(10)]
+    finally:
+        f.close()
+        _dask_cluster.close_all()  # the client opened to its address, before the module's cluster stops
+
+
 def test_a_bad_cluster_value_is_refused_naming_the_option() -> None:
     with pytest.raises(parallelize.ConfigError, match="cluster must be"):
         parallel(backend="dask", cluster=42)(square)

@@ -83,9 +83,11 @@ def client_for(cluster: Any, n_workers: int | None) -> Any:
     _used = True
     if isinstance(cluster, distributed.Client):
         return cluster
+    if isinstance(getattr(cluster, "scheduler_address", None), str):  # LocalCluster, a cluster manager's object
+        cluster = cluster.scheduler_address
     if cluster is not None and not isinstance(cluster, str):
-        raise ClusterError(f"cluster must be a scheduler address such as 'tcp://10.0.0.5:8786' or a "
-                           f"distributed.Client, got {cluster!r}")
+        raise ClusterError(f"cluster must be a scheduler address such as 'tcp://10.0.0.5:8786', a "
+                           f"distributed.Client or a Dask cluster object, got {cluster!r}")
     address, source = configured_address(cluster)
     with _lock:
         _register_exit()

@@ -106,7 +106,7 @@ class DaskBackend(Backend):
         self._holding: set[int] = set()
         self._exited: list[Event] = []  # Exited events of disowned workers, for the next wait()
         self._selector = selectors.DefaultSelector()
-        self._listener = socket.create_server((_listen_host(self._client), 0), backlog=128)
+        self._listener = socket.create_server((_listen_host(self._client), 0), backlog=socket.SOMAXCONN)
         self._listener.setblocking(False)
         self._address = self._listener.getsockname()[:2]
         self._selector.register(self._listener, selectors.EVENT_READ, ("listen", None))
