@@ -504,6 +504,8 @@ def test_a_cancel_mark_stops_the_running_chunk_on_interrupt_and_skips_the_next(c
     wait_clock(events, 1, running(3), "task 0 of chunk 3")
     backend.clock(1)[_clock.CANCEL] = _clock.cancel_mark(4)
     backend.interrupt(1)
+    if case.remote:  # the mark travels as a message: on the worker's clock before chunk 4 comes up
+        wait_clock(events, 1, lambda c: c.at_worker[_clock.CANCEL] == _clock.cancel_mark(4), "the mark applied")
     if not backend.supports_interrupt:
         release.release()  # a no-op: the running chunk goes on until it ends
     first, second = events.wait_message(1, ChunkDone, 2)

@@ -57,6 +57,7 @@ class _RemoteClock(list[int]):
     def __init__(self, forward: Callable[[int, int], None]) -> None:
         super().__init__([0] * _clock.SIZE)
         self._forward = forward
+        self.at_worker: tuple[int, ...] = (0,) * _clock.SIZE  # the clock as the worker last reported it
 
     def __setitem__(self, index: Any, value: Any) -> None:
         super().__setitem__(index, value)
@@ -65,6 +66,7 @@ class _RemoteClock(list[int]):
 
     def reported(self, state: ClockState) -> None:
         """The worker's report: what it runs, its START_NS moved onto this machine's clock."""
+        self.at_worker = state.values
         start = state.values[_clock.START_NS]
         if start:
             start = time.monotonic_ns() - max(0, state.now_ns - start)
