@@ -316,6 +316,12 @@ def test_insights_cover_the_calls_on_the_cluster(on_dask: Any) -> None:
     assert sum(worker["n_completed"] for worker in data["workers"]) == 500
 
 
+def test_a_progress_bar_counts_every_task_on_the_cluster(on_dask: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    f = on_dask(square, n_jobs=2)
+    assert len(f(range(300), progress_bar=True, progress_bar_style="log")) == 300
+    assert "square: 300/300 tasks (100%)" in capsys.readouterr().err
+
+
 # --- a cluster started as commands, and one started for the script -------------------------------------------------
 
 def test_a_cluster_started_by_hand_runs_the_tasks_and_outlives_close() -> None:
