@@ -322,6 +322,32 @@ def test_a_progress_bar_counts_every_task_on_the_cluster(on_dask: Any, capsys: p
     assert "square: 300/300 tasks (100%)" in capsys.readouterr().err
 
 
+def test_a_backend_dropped_without_close_lets_go_of_its_descriptors(client: Any) -> None:
+    import gc
+
+    from parallelize.backends.dask import DaskBackend
+
+    backend = DaskBackend(client)
+    fds = [backend._listener.fileno(), backend._selector.fileno(), backend._wake_r, backend._wake_w]
+
+    def files() -> set[tuple[int, int, int]]:
+        """(fd, device, inode) of those descriptors still open (Dask's threads may reuse a number meanwhile)."""
+        found = set()
+        for fd in fds:
+            try:
+                stat = os.fstat(fd)
+            except OSError:
+                continue
+            found.add((fd, stat.st_dev, stat.st_ino))
+        return found
+
+    held = files()
+    assert len(held) == 4
+    del backend
+    gc.collect()
+    assert not held & files()
+
+
 # --- a cluster started as commands, and one started for the script -------------------------------------------------
 
 def test_a_cluster_started_by_hand_runs_the_tasks_and_outlives_close() -> None:

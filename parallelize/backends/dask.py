@@ -32,6 +32,7 @@ import selectors
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, MutableSequence
 from typing import Any
 
@@ -119,6 +120,11 @@ class DaskBackend(Backend):
         self._wake_lock = threading.Lock()
         self._wake_open = True
         self._closed = False
+        # A backend dropped without close() (its engine garbage-collected) still lets go of its sockets, pipe and
+        # workers. Not at exit: the pool cache closes pools first, with their exit hooks (see _pool_cache).
+        self._finalizer = weakref.finalize(self, _release, self._pid, self._workers, self._selector, self._listener,
+                                           (self._wake_r, self._wake_w))
+        self._finalizer.atexit = False
 
     # --- starting -------------------------------------------------------------------------------------------
 
@@ -317,15 +323,7 @@ class DaskBackend(Backend):
         self._disconnect(worker)
 
     def _disconnect(self, worker: _DaskWorker) -> None:
-        if worker.sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(worker.sock)
-            worker.sock.close()
-            worker.sock = None
-        if worker.future is not None:
-            with contextlib.suppress(Exception):
-                worker.future.cancel()  # (a running task runs on until it returns; a queued one never runs)
-            worker.future = None
+        _disconnect(worker, self._selector)
 
     def wakeup(self) -> None:
         with self._wake_lock:
@@ -373,19 +371,9 @@ class DaskBackend(Backend):
                     if self._drained(worker):
                         closing.unregister(selector_key.fileobj)
                         live.remove(worker)
-        for worker in list(self._workers.values()):
-            worker.ended = True
-            self._disconnect(worker)
-        self._workers.clear()
-        for selector_key in list(self._selector.get_map().values()):
-            if selector_key.data[0] == "token":  # connections that never sent a whole token
-                selector_key.fileobj.close()  # type: ignore[union-attr]
         with self._wake_lock:
             self._wake_open = False
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-        self._selector.close()
-        self._listener.close()
+            self._finalizer()
 
     def _drained(self, worker: _DaskWorker) -> bool:
         """Read and drop what a closing worker still sends; True once its connection has ended."""
@@ -395,6 +383,38 @@ class DaskBackend(Backend):
         except OSError:
             return True
         return eof
+
+
+def _disconnect(worker: _DaskWorker, selector: selectors.BaseSelector) -> None:
+    """Close a worker's connection and cancel its task (a running one runs on until it returns; a queued one never
+    runs)."""
+    if worker.sock is not None:
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(worker.sock)
+        worker.sock.close()
+        worker.sock = None
+    if worker.future is not None:
+        with contextlib.suppress(Exception):
+            worker.future.cancel()
+        worker.future = None
+
+
+def _release(pid: int, workers: dict[int, _DaskWorker], selector: selectors.BaseSelector,
+             listener: socket.socket, wake_fds: tuple[int, int]) -> None:
+    """Let go of everything a backend holds: at the end of close(), or for a backend dropped without it."""
+    if os.getpid() != pid:
+        return  # (a forked child's copy: the sockets are the parent's)
+    for worker in list(workers.values()):
+        worker.ended = True
+        _disconnect(worker, selector)
+    workers.clear()
+    for selector_key in list(selector.get_map().values()):
+        if selector_key.data[0] == "token":  # connections that never sent a whole token
+            selector_key.fileobj.close()  # type: ignore[union-attr]
+    for fd in wake_fds:
+        os.close(fd)
+    selector.close()
+    listener.close()
 
 
 def _listen_host(client: Any) -> str:
