@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +118,23 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+@contextlib.contextmanager
+def decorating(client: Any) -> Iterator[Callable[..., Any]]:
+    """``decorate(func, **options)``: parallel(backend="dask") on *client*'s cluster; every function made is closed
+    when the block ends."""
+    from parallelize import parallel
+
+    made: list[Any] = []
+
+    def decorate(func: Any, **options: Any) -> Any:
+        decorated = parallel(backend="dask", cluster=client, **options)(func)
+        made.append(decorated)
+        return decorated
+
+    try:
+        yield decorate
+    finally:
+        for decorated in made:
+            decorated.close()

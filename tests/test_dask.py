@@ -47,18 +47,8 @@ def workers(client: Any) -> dict[str, int]:
 @pytest.fixture
 def on_dask(client: Any) -> Iterator[Any]:
     """parallel(...) with backend="dask" on the module's cluster; every function made is closed after the test."""
-    made: list[Any] = []
-
-    def decorate(func: Any = None, **options: Any) -> Any:
-        def wrap(f: Any) -> Any:
-            decorated = parallel(backend="dask", cluster=client, **options)(f)
-            made.append(decorated)
-            return decorated
-        return wrap if func is None else wrap(func)
-
-    yield decorate
-    for decorated in made:
-        decorated.close()
+    with dask_cluster.decorating(client) as decorate:
+        yield decorate
 
 
 # --- task functions (module level: the workers import them) ---------------------------------------------------------

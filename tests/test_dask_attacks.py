@@ -40,16 +40,8 @@ def client() -> Iterator[Any]:
 @pytest.fixture
 def on_dask(client: Any) -> Iterator[Any]:
     """parallel(...) with backend="dask" on the module's cluster; every function made is closed after the test."""
-    made: list[Any] = []
-
-    def decorate(func: Any, **options: Any) -> Any:
-        decorated = parallel(backend="dask", cluster=client, **options)(func)
-        made.append(decorated)
-        return decorated
-
-    yield decorate
-    for decorated in made:
-        decorated.close()
+    with dask_cluster.decorating(client) as decorate:
+        yield decorate
 
 
 # --- task functions (module level: the workers import them) ---------------------------------------------------------
