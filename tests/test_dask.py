@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 from tests import dask_cluster
+from tests.fault_tasks import UnreadableHere
 
 import parallelize
-from parallelize import ClusterError, TaskTimeoutError, WorkerDiedError, parallel
+from parallelize import ClusterError, ResultPicklingError, TaskTimeoutError, WorkerDiedError, parallel
 from parallelize._errors import RemoteTraceback
 
 pytestmark = pytest.mark.timeout(120)
@@ -105,6 +106,10 @@ def tally(state: dict[str, Any], x: int) -> int:
 
 def exit_hook(state: dict[str, Any]) -> tuple[int, int]:
     return state["pid"], state["done"]
+
+
+def unreadable_at_one(x: int) -> Any:
+    return UnreadableHere() if x == 1 else x
 
 
 def wait_for_file(path: str) -> str:
@@ -222,6 +227,14 @@ def test_a_task_error_keeps_its_type_and_the_remote_traceback(on_dask: Any) -> N
     returned = f(range(5), on_error="return")
     assert returned[:3] == [0, 1, 2] and isinstance(returned[3], ValueError) and returned[4] == 4
     assert f(range(5), on_error="skip") == [0, 1, 2, 4]
+
+
+def test_a_result_this_process_cannot_unpickle_fails_its_task_and_the_pool_goes_on(on_dask: Any) -> None:
+    f = on_dask(unreadable_at_one, n_jobs=2)
+    results = f(range(4), on_error="return")
+    assert isinstance(results[1], ResultPicklingError) and "cannot be unpickled here" in str(results[1])
+    assert [results[0], *results[2:]] == [0, 2, 3]
+    assert f([0, 2]) == [0, 2]
 
 
 def test_a_task_past_its_timeout_fails_the_call_and_the_pool_goes_on(on_dask: Any, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .._messages import WIRE_KINDS, WIRE_TYPES
+from .._messages import WIRE_KINDS, WIRE_TYPES, Undecodable
 from .._serialize import ResultUnpicklable, dumps_out_of_band
 from ._shm import SHARED_MIN, InheritedFd, ResultRing, TaskArenaReader
 
@@ -116,6 +116,17 @@ def decode(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
         buffers.append(bytearray(part) if part.readonly else part)
     message = pickle.loads(data, buffers=buffers)
     return tuple.__new__(WIRE_TYPES[kind], message) if kind else message
+
+
+def decode_answer(body: bytes | bytearray | memoryview, fetch: Fetch | None = None,
+                  release: Callable[[list[int]], None] | None = None) -> Any:
+    """``decode`` for a worker's message on the parent side: one that cannot be unpickled here becomes an
+    Undecodable, the engine's to report as that task's failure, not an error that stops the loop serving every
+    call."""
+    try:
+        return decode(body, fetch, release)
+    except Exception as exc:
+        return Undecodable(exc)
 
 
 def write_all(fd: int, parts: list[memoryview]) -> None:

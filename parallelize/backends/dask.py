@@ -44,7 +44,7 @@ from .._worker import WorkerSpec
 from . import _dask_cluster
 from ._base import Backend, Event, Exited, Received
 from ._dask_worker import EXIT_REFUSED, TOKEN_SIZE, ClockState, ClockWrite, Goodbye, Spec, serve
-from ._pipes import FrameReader, ParentWriter, decode, encode
+from ._pipes import FrameReader, ParentWriter, decode_answer, encode
 
 _FORWARDED = (_clock.CANCEL, _clock.TIMEOUT_NS)  # the clock slots the parent writes
 _task_names = itertools.count()
@@ -276,14 +276,14 @@ class DaskBackend(Backend):
         except OSError:  # reset by the peer: its worker is gone
             frames, eof = [], True
         for frame in frames:
-            message = decode(frame)
+            message = decode_answer(frame)
             kind = type(message)
             if kind is ClockState:
                 worker.clock.reported(message)
             elif kind is Goodbye:
                 worker.status, worker.reason = message.status, message.reason
             elif not worker.ended:
-                events.append(Received(worker.key, message, len(frame) + 8))
+                events.append(Received(worker.key, message, len(frame)))
         if eof:
             reason = worker.reason if worker.status is not None else "its connection to the Dask worker was lost"
             self._end(worker, worker.status, reason, events)

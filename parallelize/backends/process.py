@@ -30,11 +30,10 @@ from typing import Any
 from .. import _clock, _worker
 from .._errors import ForkAfterThreadsWarning
 from .._frames import UserSite, user_stacklevel
-from .._messages import Undecodable
 from .._serialize import dumps_by_value, loads
 from .._worker import WorkerSpec, run_worker
 from ._base import EXIT_MAIN_REIMPORTED, Backend, Event, Exited, Received
-from ._pipes import ChildChannel, FrameReader, ParentWriter, decode, encode, enlarge_pipe
+from ._pipes import ChildChannel, FrameReader, ParentWriter, decode_answer, encode, enlarge_pipe
 from ._shm import InheritedFd, ResultRing, TaskArena, create_segment_fds
 
 # Descriptors of the parent side of this process's live pools: task and result pipe ends, exit pidfds, task arenas,
@@ -304,15 +303,11 @@ class _ProcWorker:
         self.shared = shared
 
     def decode(self, frame: Any) -> Any:
-        """The message in *frame*, or Undecodable: a result that cannot be unpickled here is the engine's to
-        report as that task's failure, not an error that stops the loop serving every call."""
-        try:
-            if self.shared is None:
-                return decode(frame)
-            arena, ring = self.shared
-            return decode(frame, ring.take, arena.release)
-        except Exception as exc:
-            return Undecodable(exc)
+        """The message in *frame*, or Undecodable (see decode_answer)."""
+        if self.shared is None:
+            return decode_answer(frame)
+        arena, ring = self.shared
+        return decode_answer(frame, ring.take, arena.release)
 
     def received(self, key: int, frame: Any) -> Received:
         """The event for *frame*, with its size: the frame and the results it took out of the ring."""
