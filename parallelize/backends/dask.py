@@ -194,12 +194,8 @@ class DaskBackend(Backend):
         return size
 
     def _forward(self, key: int, index: int, value: int) -> None:
-        worker = self._workers.get(key)
-        if worker is not None and not worker.ended:
-            if worker.held:
-                parts, worker.held = worker.held, []
-                self._write(worker, parts)
-            self._write(worker, encode(ClockWrite(index, value)))
+        if key in self._workers:
+            self.send(key, ClockWrite(index, value))  # (behind what is held for it, as any message)
 
     def write_held(self) -> None:
         for key in self._holding:
