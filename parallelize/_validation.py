@@ -172,21 +172,22 @@ def worker_limits(n_jobs: int, start_method: str) -> None:
     Checked when a pool is about to start (limits and open descriptors change), not when the option is set.
     Without it an absurd n_jobs forks until the descriptors run out and fails halfway, after many seconds.
     """
-    processes = start_method not in ("threading", "dask")
-    if processes or start_method == "dask":
-        # (Dask: without it, a million workers were a million Dask tasks queued before the first socket failed)
-        per_worker, per_pool, what = ((FDS_PER_PROCESS_WORKER, FDS_PER_PROCESS_POOL, "worker process") if processes
-                                      else (FDS_PER_DASK_WORKER, FDS_PER_DASK_POOL, "Dask worker's connection"))
-        room = _free_fds()
-        if room is not None and n_jobs * per_worker + per_pool > room[0]:
-            most = max(0, (room[0] - per_pool) // per_worker)
-            raise ConfigError(
-                f"n_jobs={n_jobs} needs about {n_jobs * per_worker + per_pool} file descriptors ({per_worker} per "
-                f"{what}), but this process may open only {room[0]} more (RLIMIT_NOFILE {room[1]}, "
-                f"{room[1] - room[0]} open): use at most n_jobs={most}, or raise the limit (ulimit -n, "
-                "resource.setrlimit)")
+    # Descriptors: none for threads; a Dask worker is one socket here (without the check, a million workers were
+    # a million Dask tasks queued before the first socket failed).
+    fds = {"threading": None, "dask": (FDS_PER_DASK_WORKER, FDS_PER_DASK_POOL, "Dask worker's connection")}.get(
+        start_method, (FDS_PER_PROCESS_WORKER, FDS_PER_PROCESS_POOL, "worker process"))
+    room = _free_fds() if fds is not None else None
+    if fds is not None and room is not None and n_jobs * fds[0] + fds[1] > room[0]:
+        per_worker, per_pool, what = fds
+        most = max(0, (room[0] - per_pool) // per_worker)
+        raise ConfigError(
+            f"n_jobs={n_jobs} needs about {n_jobs * per_worker + per_pool} file descriptors ({per_worker} per "
+            f"{what}), but this process may open only {room[0]} more (RLIMIT_NOFILE {room[1]}, "
+            f"{room[1] - room[0]} open): use at most n_jobs={most}, or raise the limit (ulimit -n, "
+            "resource.setrlimit)")
     if start_method == "dask":
         return  # its workers are tasks on the cluster, not processes or threads of this machine
+    processes = start_method != "threading"
     per_worker = TASKS_PER_PROCESS_WORKER if processes else 1
     limits = _task_limits()
     if limits and n_jobs * per_worker > min(limits)[0]:
